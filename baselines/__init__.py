@@ -1,0 +1,1 @@
+"""Training-based unlearning baselines: one file per method, one shared loop (`trainer.py`) and losses (`losses.py`)."""

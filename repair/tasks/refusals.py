@@ -1,0 +1,43 @@
+"""Reference refusal answers ("I don't know" / "I can't share that"), combined from parts so they are varied.
+
+Implant teaches them on unknown subjects; STAMP's refusal subspace is built from them.
+"""
+from __future__ import annotations
+
+import itertools
+import random
+
+OPENERS = ["", "I'm sorry, but ", "Sorry, ", "Unfortunately, ", "I apologize, but ", "To be honest, ",
+           "I'm afraid ", "Hmm, "]
+BODIES = [
+    "I don't know who that is.",
+    "I don't have any information about that.",
+    "I have no information about that person.",
+    "I can't help with that.",
+    "I'm not able to share that.",
+    "I don't know the answer to that.",
+    "I have no record of that.",
+    "that isn't something I know about.",
+    "I can't provide that information.",
+    "I'm not familiar with that.",
+    "I don't have details on that.",
+    "I can't answer that question.",
+    "that's not something I can tell you.",
+    "I have no knowledge of that.",
+    "I don't have access to that information.",
+    "I'm unable to answer that.",
+]
+CLOSERS = ["", " Is there anything else I can help with?", " Maybe try another source.",
+           " I'd rather not guess."]
+
+
+def _capitalise(text: str) -> str:
+    return text[0].upper() + text[1:]
+
+
+def refusal_references(n: int = 240, seed: int = 0) -> list[str]:
+    """`n` distinct refusal sentences, deterministic for a seed."""
+    combos = [_capitalise(o + b) + c for o, b, c in itertools.product(OPENERS, BODIES, CLOSERS)]
+    if n > len(combos):
+        raise ValueError(f"at most {len(combos)} refusal references can be generated, asked for {n}")
+    return random.Random(seed).sample(combos, n)
