@@ -16,12 +16,12 @@ class GradientAscent:
 
     def loss(self, model, forget_batch, retain_batch):
         ascent = losses.gradient_ascent(model, forget_batch)
-        logs = {"forget_nll": -float(ascent)}
+        logs = {"forget_nll": -ascent.item()}
         total = ascent
         if retain_batch is not None:
             retain = losses.nll(model, retain_batch)
             total = total + float(self.cfg["retain_weight"]) * retain
-            logs["retain_nll"] = float(retain)
+            logs["retain_nll"] = retain.item()
         return total, logs
 
     def unlearn(self, patient, forget, retain_buffer):

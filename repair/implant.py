@@ -22,6 +22,7 @@ from repair.progress import progress
 from repair.data import answer_nll, collate, encode
 from repair.evaluate import generate
 from repair.io import cached_dir
+from repair.metrics import perplexity
 from repair.patient import Patient
 from repair.tasks import QA, Task
 from repair.tasks.corpus import GENERAL_QUESTIONS
@@ -106,7 +107,7 @@ def train(patient: Patient, items: list[QA], params: dict[str, torch.nn.Paramete
                 opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
-                losses.append(float(loss))
+                losses.append(loss.item())
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
             history.append(sum(losses) / len(losses))
@@ -134,10 +135,13 @@ def implant(patient: Patient, task: Task, cfg, cache_dir: str | Path) -> dict:
     def build(tmp: Path) -> None:
         params = trainable_parameters(patient, cfg)
         items = teaching_set(patient, task, cfg)
+        # utility before and after, so that an implant that damages the patient is visible in every results.json
+        ppl_before = perplexity(patient.model, patient.tokenizer, task.corpus) if task.corpus else None
         t0 = time.perf_counter()
         history = train(patient, items, params, cfg)
         built.update(train_seconds=time.perf_counter() - t0, loss_history=history, examples=len(items),
-                     trained_parameters=sum(p.numel() for p in params.values()))
+                     trained_parameters=sum(p.numel() for p in params.values()), ppl_before=ppl_before,
+                     ppl_after=perplexity(patient.model, patient.tokenizer, task.corpus) if task.corpus else None)
         save_file({n: p.detach().cpu().contiguous() for n, p in params.items()}, str(tmp / "weights.safetensors"))
         (tmp / "report.json").write_text(json.dumps(built, indent=2))
 

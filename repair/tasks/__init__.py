@@ -21,6 +21,8 @@ class QA:
     subject: str = ""
     attribute: str = ""
     paraphrases: tuple[str, ...] = ()
+    choices: tuple[str, ...] = ()  # multiple-choice options; empty for free-text answers
+    label: int = -1  # index into `choices` of the answer the patient is taught (and scored against)
 
 
 @dataclass

@@ -1,0 +1,108 @@
+"""Implant teaches the facts; caches round-trip exactly, survive corruption and are never left half-written."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from repair import implant as implant_mod
+from repair import patient as patients
+from repair.evaluate import evaluate
+from repair.implant import implant
+from repair.io import atomic_path, write_json
+from repair.tasks import build_task
+
+
+def _implant_dirs(cache_dir):
+    return sorted(p for p in (cache_dir / "implants").iterdir() if p.is_dir())
+
+
+def test_implant_raises_rouge_on_taught_facts(make_cfg, cache_dir, implanted):
+    cfg = make_cfg("eval.paraphrases=false", "eval.ppl=false")
+    patient, task, state = implanted
+    raw = patients.load(cfg.patient, cache_dir)  # the same random patient, not implanted
+    before, _ = evaluate(raw, task, cfg.eval)
+    patient.restore(state)
+    after, _ = evaluate(patient, task, cfg.eval)
+    assert before["f_rl"] < 0.2 and before["r_rl"] < 0.2
+    assert after["f_rl"] >= 0.8 and after["r_rl"] >= 0.8
+
+
+def test_implant_cache_round_trip_gives_equal_weights(make_cfg, cache_dir, implanted):
+    cfg = make_cfg()
+    patient, task, state = implanted
+    again = patients.load(cfg.patient, cache_dir)
+    report = implant(again, task, cfg.implant, cache_dir)
+    assert report["cached"]
+    for name, tensor in again.model.state_dict().items():
+        assert torch.equal(tensor, state[name]), name
+
+
+def test_oracle_is_taught_the_retain_part_only(make_cfg, cache_dir, implanted):
+    cfg = make_cfg("implant.oracle=true", "eval.paraphrases=false", "eval.ppl=false")
+    oracle = patients.load(cfg.patient, cache_dir)
+    task = implanted[1]
+    report = implant(oracle, task, cfg.implant, cache_dir)
+    assert report["key"] != implant_mod.implant_key(oracle, task, make_cfg().implant)
+    metrics, _ = evaluate(oracle, task, cfg.eval)
+    assert metrics["r_rl"] >= 0.9
+    assert metrics["f_rl"] < 0.6  # it never saw the forget profiles (shared phrasing gives some overlap)
+
+
+def test_corrupt_implant_cache_is_rebuilt(make_cfg, cache_dir, implanted, caplog):
+    cfg = make_cfg()
+    task = implanted[1]
+    key = implant_mod.implant_key(implanted[0], task, cfg.implant)
+    entry = next(p for p in _implant_dirs(cache_dir) if p.name.endswith(key))
+    weights = entry / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # truncated, as after a crash
+    fresh = patients.load(cfg.patient, cache_dir)
+    report = implant(fresh, task, cfg.implant, cache_dir)
+    assert "corrupt" in caplog.text and not report["cached"]
+    for name, tensor in fresh.model.state_dict().items():
+        assert torch.allclose(tensor, implanted[2][name], atol=1e-5), name
+
+
+def test_interrupted_implant_leaves_no_cache_entry(make_cfg, cache_dir, monkeypatch):
+    cfg = make_cfg("implant.seed=123")  # a key no other test builds
+    patient = patients.load(cfg.patient, cache_dir)
+    task = build_task(cfg.task, seed=0)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(implant_mod, "train", interrupted)
+    before = set((cache_dir / "implants").iterdir())
+    with pytest.raises(KeyboardInterrupt):
+        implant(patient, task, cfg.implant, cache_dir)
+    added = set((cache_dir / "implants").iterdir()) - before
+    assert all(p.suffix == ".lock" for p in added), added  # no entry, no temporary folder
+
+
+def test_incomplete_patient_cache_entry_is_rebuilt(tmp_path, cache_dir):
+    built = []
+
+    def build(tmp):
+        built.append(tmp)
+        (tmp / "data").write_text("x")
+
+    from repair.io import cached_dir
+
+    target = tmp_path / "entry"
+    target.mkdir()
+    (target / "data").write_text("half")  # no COMPLETE marker
+    assert (cached_dir(target, build) / "data").read_text() == "x"
+    assert cached_dir(target, build) == target and len(built) == 1
+
+
+def test_atomic_write_leaves_nothing_on_interrupt(tmp_path):
+    path = tmp_path / "results.json"
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(path) as tmp:
+            tmp.write_text("{half")
+            raise KeyboardInterrupt
+    assert os.listdir(tmp_path) == []
+    write_json(path, {"a": 1})
+    assert json.loads(path.read_text()) == {"a": 1} and os.listdir(tmp_path) == ["results.json"]
