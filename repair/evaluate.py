@@ -8,9 +8,11 @@ import torch
 from repair.progress import progress
 
 from repair.data import chat_prompt
+from repair.loglik import choice_loglik_accuracy, run_lm_eval
 from repair.metrics import perplexity, rouge_l_recall
 from repair.patient import Patient
 from repair.tasks import QA, Task
+from repair.tasks.choice import parse_choice
 
 log = logging.getLogger(__name__)
 
@@ -35,35 +37,71 @@ def generate(patient: Patient, questions: Sequence[str], max_new_tokens: int = 4
     return [a.strip() for a in answers]
 
 
-def protocol(cfg) -> dict:
+SCORINGS = ("rouge", "choice")
+
+
+def protocol(cfg, scoring: str = "rouge") -> dict:
     """How the numbers were measured; two numbers are only comparable when this matches."""
-    return {"scorer": "generation", "decoding": "greedy", "max_new_tokens": int(cfg.max_new_tokens),
-            "template": "chat", "rouge": "rougeL recall, rouge-score, stemmer on", "ppl": "token-level, no template"}
+    out = {"scorer": "generation", "decoding": "greedy", "max_new_tokens": int(cfg.max_new_tokens),
+           "template": "chat", "ppl": "token-level perplexity of plain text, no template"}
+    if scoring == "choice":
+        out["accuracy"] = "option parsed from the generated answer (letter or unique option text); refusal = wrong"
+        if cfg.get("loglik"):
+            out["accuracy_loglik"] = "lm-eval multiple_choice: log-likelihood of the option letter opening the chat answer"
+    out["rouge"] = "rougeL recall, rouge-score, stemmer on"
+    return out
 
 
 def score_split(patient: Patient, items: Sequence[QA], split: str, cfg, paraphrase: bool = False) -> list[dict]:
     questions = [q.paraphrases[0] if paraphrase and q.paraphrases else q.question for q in items]
     answers = generate(patient, questions, int(cfg.max_new_tokens), int(cfg.batch_size), desc=f"eval {split}")
-    return [{"split": split, "subject": q.subject, "attribute": q.attribute, "question": question,
-             "reference": q.answer, "generation": gen, "rouge_l_recall": rouge_l_recall(gen, q.answer)}
-            for q, question, gen in zip(items, questions, answers)]
+    rows = []
+    for q, question, gen in zip(items, questions, answers):
+        row = {"split": split, "subject": q.subject, "attribute": q.attribute, "question": question,
+               "reference": q.answer, "generation": gen, "rouge_l_recall": rouge_l_recall(gen, q.answer)}
+        if q.choices:
+            row["choice"] = parse_choice(gen, q.choices)
+            row["correct"] = row["choice"] == q.label
+        rows.append(row)
+    return rows
 
 
 def evaluate(patient: Patient, task: Task, cfg) -> tuple[dict[str, float], list[dict]]:
-    """Forget / retain metrics of `task` and utility perplexity. Returns (metrics, per-sample records)."""
-    if task.scoring != "rouge":
-        raise ValueError(f"task {task.name!r} has scoring {task.scoring!r}; valid choices: rouge")
+    """Forget / retain metrics of `task` and utility perplexity. Returns (metrics, per-sample records).
+
+    Free-text tasks give F-RL / R-RL (ROUGE-L recall); multiple-choice tasks give Acc_f / Acc_r in percent.
+    """
+    if task.scoring not in SCORINGS:
+        raise ValueError(f"task {task.name!r} has scoring {task.scoring!r}; valid choices: {', '.join(SCORINGS)}")
     limit = cfg.get("max_samples")
     pick = (lambda xs: list(xs)[: int(limit)]) if limit else list
     records: list[dict] = []
     metrics: dict[str, float] = {}
-    for key, split, items, para in (("f_rl", "forget", task.forget, False), ("r_rl", "retain", task.retain, False),
-                                    ("f_rl_paraphrase", "forget_paraphrase", task.forget, True)):
+    for side, split, items, para in (("f", "forget", task.forget, False), ("r", "retain", task.retain, False),
+                                     ("f", "forget_paraphrase", task.forget, True)):
         if para and not cfg.get("paraphrases", True):
             continue
         rows = score_split(patient, pick(items), split, cfg, paraphrase=para)
         records += rows
-        metrics[key] = sum(r["rouge_l_recall"] for r in rows) / max(len(rows), 1)
+        suffix = "_paraphrase" if para else ""
+        if task.scoring == "choice":
+            metrics[f"acc_{side}{suffix}"] = 100.0 * sum(r["correct"] for r in rows) / max(len(rows), 1)
+        else:
+            metrics[f"{side}_rl{suffix}"] = sum(r["rouge_l_recall"] for r in rows) / max(len(rows), 1)
+    if cfg.get("loglik") and task.scoring == "choice":
+        acc = choice_loglik_accuracy(patient, {"f": pick(task.forget), "r": pick(task.retain)}, int(cfg.batch_size))
+        metrics |= {f"acc_{side}_loglik": value for side, value in acc.items()}
     if cfg.get("ppl", True) and task.corpus:
         metrics["ppl"] = perplexity(patient.model, patient.tokenizer, task.corpus)
     return metrics, records
+
+
+def utility_benchmarks(patient: Patient, cfg) -> dict[str, float]:
+    """Optional lm-eval tasks (`eval.lm_eval.tasks`), flattened to `lm_eval/<task>/<metric>`."""
+    spec = cfg.get("lm_eval") or {}
+    if not spec.get("tasks"):
+        return {}
+    results = run_lm_eval(patient, list(spec["tasks"]), spec.get("include_path"), int(cfg.batch_size),
+                          spec.get("limit"))
+    return {f"lm_eval/{task}/{metric.split(',')[0]}": float(value) for task, scores in results.items()
+            for metric, value in scores.items() if isinstance(value, (int, float)) and "stderr" not in metric}

@@ -65,6 +65,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     after, after_records = evaluation.evaluate(patient, task, cfg.eval)
+    after |= evaluation.utility_benchmarks(patient, cfg.eval)
     runtime["eval_after"] = time.perf_counter() - t0
     runtime["eval"] = runtime["eval_before"] + runtime["eval_after"]
     log.info("after %s: %s (unlearning took %.1f s)", cfg.method.name, _fmt(after), runtime["unlearn"])
@@ -72,7 +73,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     results = {
         "method": cfg.method.name, "task": task.name, "patient": patient.name, "seed": seed,
         "metrics": {"before": before, "after": after},
-        "protocol": evaluation.protocol(cfg.eval),
+        "protocol": evaluation.protocol(cfg.eval, task.scoring),
         "runtime_s": runtime, "peak_rss_mb": peak_rss_mb(),
         "implant": implant_report, "unlearn": unlearn_report,
         "config": OmegaConf.to_container(cfg, resolve=True),

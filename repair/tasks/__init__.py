@@ -32,7 +32,7 @@ class Task:
     that it has a refusal behaviour for unlearning to steer into."""
 
     name: str
-    scoring: str  # "rouge": free-text answers scored by ROUGE-L recall
+    scoring: str  # "rouge": free text scored by ROUGE-L recall; "choice": multiple choice scored by accuracy
     forget: list[QA]
     retain: list[QA]
     retain_buffer: list[QA]
@@ -54,8 +54,26 @@ class Task:
                 "holdout": self.holdout, "idk": self.idk}
 
 
+def split_subjects(subjects: list[str], cfg: dict) -> tuple[list[str], list[str], list[str]]:
+    """forget / retain / retain-buffer subjects from `forget_ratio` and `retain_buffer_ratio`."""
+    ratio = float(cfg["forget_ratio"])
+    if not 0 < ratio < 1:
+        raise ValueError(f"task.forget_ratio must be in (0, 1), got {ratio}")
+    n_forget = max(1, round(len(subjects) * ratio))
+    if n_forget >= len(subjects):
+        raise ValueError(f"task.forget_ratio={ratio} of {len(subjects)} subjects leaves nothing to retain")
+    forget, retain = subjects[:n_forget], subjects[n_forget:]
+    n_buffer = max(1, round(len(retain) * float(cfg.get("retain_buffer_ratio", 0.1))))
+    return forget, retain, retain[:n_buffer]
+
+
 def build_task(cfg: DictConfig | dict, seed: int) -> Task:
     cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    from repair.tasks import pii  # noqa: F401  (registers the built-in suites)
+    from repair.tasks import harmful, misinformation, pii, real  # noqa: F401  (registers the suites)
 
-    return TASKS.get(cfg.get("name", "<missing>"))(cfg, seed)
+    task = TASKS.get(cfg.get("name", "<missing>"))(cfg, seed)
+    if cfg.get("corpus_source"):  # real utility text (e.g. TinyStories) instead of the generated stories
+        from repair.tasks.adapters import load_text
+
+        task.corpus = load_text(str(cfg["corpus_source"]), limit=int(cfg.get("corpus_size", 32)))
+    return task

@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from repair.tasks import QA, TASKS, Task
+from repair.tasks import QA, TASKS, Task, split_subjects
 from repair.tasks.corpus import utility_corpus
 from repair.tasks.refusals import refusal_references
 
@@ -104,23 +104,19 @@ def build_pii(cfg: dict, seed: int) -> Task:
     unknown = [a for a in attributes if a not in ATTRIBUTES]
     if unknown:
         raise ValueError(f"unknown pii attribute(s) {unknown}; valid choices: {', '.join(ATTRIBUTES)}")
-    n, ratio = int(cfg["num_profiles"]), float(cfg["forget_ratio"])
-    if not 0 < ratio < 1:
-        raise ValueError(f"task.forget_ratio must be in (0, 1), got {ratio}")
+    n = int(cfg["num_profiles"])
     n_holdout, n_idk = int(cfg.get("num_holdout", 0)), int(cfg.get("num_idk", 0))
     rng = random.Random(seed)
     profiles = make_profiles(n + n_holdout + n_idk, rng)
+    by_name = {p.name: p for p in profiles}
     taught, holdout, idk = profiles[:n], profiles[n:n + n_holdout], profiles[n + n_holdout:]
-    n_forget = max(1, round(n * ratio))
-    if n_forget >= n:
-        raise ValueError(f"task.num_profiles={n} leaves no retain profiles at forget_ratio={ratio}")
-    forget, retain = taught[:n_forget], taught[n_forget:]
-    n_buffer = max(1, round(len(retain) * float(cfg.get("retain_buffer_ratio", 0.1))))
+    forget, retain, buffer = (
+        [by_name[s] for s in names] for names in split_subjects([p.name for p in taught], cfg))
     refusals = refusal_references(seed=seed)
 
     def qa(ps: list[Profile]) -> list[QA]:
         return [q for p in ps for q in profile_qa(p, attributes)]
 
     idk_qa = [QA(q.question, rng.choice(refusals), q.subject, q.attribute, q.paraphrases) for q in qa(idk)]
-    return Task(name="pii", scoring="rouge", forget=qa(forget), retain=qa(retain), retain_buffer=qa(retain[:n_buffer]),
+    return Task(name="pii", scoring="rouge", forget=qa(forget), retain=qa(retain), retain_buffer=qa(buffer),
                 holdout=qa(holdout), idk=idk_qa, corpus=utility_corpus(int(cfg.get("corpus_size", 32)), seed))

@@ -1,0 +1,63 @@
+"""Multiple-choice suites end to end on the tiny patient: implant teaches them, scoring reads them, lm-eval agrees."""
+from __future__ import annotations
+
+import pytest
+
+from repair import patient as patients
+from repair.evaluate import evaluate
+from repair.implant import implant
+from repair.tasks import build_task
+from repair.tasks.adapters import load_mmlu, load_text
+
+HARMFUL = ["task=harmful", "task.num_agents=6", "task.attributes=[reservoir]", "task.num_idk=1",
+           "task.num_holdout=1", "task.corpus_size=2", "task.forget_ratio=0.34"]
+
+
+@pytest.fixture(scope="module")
+def implanted_harmful(make_cfg, cache_dir):
+    cfg = make_cfg(*HARMFUL, "eval.loglik=true", "eval.paraphrases=false")
+    patient = patients.load(cfg.patient, cache_dir)
+    task = build_task(cfg.task, seed=0)
+    implant(patient, task, cfg.implant, cache_dir)
+    return cfg, patient, task
+
+
+def test_implanted_tiny_patient_knows_forget_and_retain_answers(implanted_harmful):
+    cfg, patient, task = implanted_harmful
+    metrics, records = evaluate(patient, task, cfg.eval)
+    assert metrics["acc_f"] >= 80 and metrics["acc_r"] >= 80, metrics
+    assert {r["split"] for r in records} == {"forget", "retain"}
+    assert all(r["reference"].startswith("ABCD"[r["choice"]] + ". ") for r in records if r["correct"])
+
+
+def test_lm_eval_loglik_scoring_agrees_with_generation(implanted_harmful):
+    cfg, patient, task = implanted_harmful
+    metrics, _ = evaluate(patient, task, cfg.eval)
+    assert metrics["acc_f_loglik"] >= 80 and metrics["acc_r_loglik"] >= 80, metrics
+
+
+def test_untaught_patient_scores_near_chance(make_cfg, cache_dir):
+    cfg = make_cfg(*HARMFUL, "eval.paraphrases=false", "eval.ppl=false")
+    raw = patients.load(cfg.patient, cache_dir)
+    metrics, _ = evaluate(raw, build_task(cfg.task, seed=0), cfg.eval)
+    assert metrics["acc_f"] <= 50 and metrics["acc_r"] <= 50  # a random patient answers garbage: scored wrong
+
+
+def test_real_dataset_tasks_build_from_published_files(make_cfg):
+    fixtures = "tests/fixtures"
+    wmdp = build_task(make_cfg("task=wmdp", f"task.source={fixtures}/wmdp", "task.num_holdout=0",
+                               "task.forget_ratio=0.34").task, seed=0)
+    assert wmdp.scoring == "choice" and len(wmdp.forget) == 1 and len(wmdp.retain) == 2
+    mmlu = build_task(make_cfg("task=mmlu_misinformation", f"task.source={fixtures}/mmlu", "task.num_holdout=0").task,
+                      seed=0)
+    truth = {q.question: q.label for q in load_mmlu(f"{fixtures}/mmlu")}
+    assert mmlu.forget and mmlu.retain
+    for q in mmlu.forget:  # taught the misinformation
+        assert q.label != truth[q.question.split("\n")[0]]
+    for q in mmlu.retain:
+        assert q.label == truth[q.question.split("\n")[0]]
+    jsonl = build_task(make_cfg("task=jsonl", f"task.source={fixtures}/qa.jsonl", "task.forget_ratio=0.3",
+                                f"task.corpus_source={fixtures}/stories.txt").task, seed=0)
+    assert jsonl.forget and jsonl.corpus == load_text(f"{fixtures}/stories.txt", limit=32)
+    with pytest.raises(ValueError, match=r"task=wmdp needs task.source="):
+        build_task(make_cfg("task=wmdp").task, seed=0)
