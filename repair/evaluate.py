@@ -49,6 +49,7 @@ def protocol(cfg, scoring: str = "rouge") -> dict:
         if cfg.get("loglik"):
             out["accuracy_loglik"] = "lm-eval multiple_choice: log-likelihood of the option letter opening the chat answer"
     out["rouge"] = "rougeL recall, rouge-score, stemmer on"
+    out["fact"] = "percent of answers containing the exact fact (e.g. the phone number), case-insensitive"
     return out
 
 
@@ -62,6 +63,8 @@ def score_split(patient: Patient, items: Sequence[QA], split: str, cfg, paraphra
         if q.choices:
             row["choice"] = parse_choice(gen, q.choices)
             row["correct"] = row["choice"] == q.label
+        if q.fact:
+            row["fact_recalled"] = q.fact.lower() in gen.lower()
         rows.append(row)
     return rows
 
@@ -88,6 +91,9 @@ def evaluate(patient: Patient, task: Task, cfg) -> tuple[dict[str, float], list[
             metrics[f"acc_{side}{suffix}"] = 100.0 * sum(r["correct"] for r in rows) / max(len(rows), 1)
         else:
             metrics[f"{side}_rl{suffix}"] = sum(r["rouge_l_recall"] for r in rows) / max(len(rows), 1)
+        facts = [r["fact_recalled"] for r in rows if "fact_recalled" in r]
+        if facts:  # ROUGE-L credits the answer's template words too; this counts only the fact itself
+            metrics[f"{side}_fact{suffix}"] = 100.0 * sum(facts) / len(facts)
     if cfg.get("loglik") and task.scoring == "choice":
         acc = choice_loglik_accuracy(patient, {"f": pick(task.forget), "r": pick(task.retain)}, int(cfg.batch_size))
         metrics |= {f"acc_{side}_loglik": value for side, value in acc.items()}

@@ -60,14 +60,20 @@ class WandbLogger:
             run.log(summary)
             run.summary.update(summary)
             columns = ["stage", "split", "subject", "attribute", "question", "reference", "generation",
-                       "rouge_l_recall"]
+                       "rouge_l_recall", "choice", "correct", "fact_recalled"]
             table = wandb.Table(columns=columns)
             for stage, rows in records.items():
                 for r in rows:
                     table.add_data(stage, *(r.get(c) for c in columns[1:]))
             run.log({"generations": table})
+            files_dir = Path(run.dir)
         finally:
             run.finish()
+        # wandb (0.19–0.31) writes no wandb-summary.json for offline runs (wandb/wandb#9646); the .wandb log that
+        # `wandb sync` uploads has everything, but a readable summary beside it is what offline users look for
+        summary_file = files_dir / "wandb-summary.json"
+        if mode == "offline" and not summary_file.exists():
+            write_json(summary_file, summary)
         log.info("W&B run written (%s mode) under %s", mode, self.out_dir / "wandb")
 
 

@@ -9,7 +9,7 @@ from repair.implant import implant
 from repair.tasks import build_task
 from repair.tasks.adapters import load_mmlu, load_text
 
-HARMFUL = ["task=harmful", "task.num_agents=6", "task.attributes=[reservoir]", "task.num_idk=1",
+HARMFUL = ["task=harmful", "implant.epochs=80", "task.num_agents=6", "task.attributes=[reservoir]", "task.num_idk=1",
            "task.num_holdout=1", "task.corpus_size=2", "task.forget_ratio=0.34"]
 
 

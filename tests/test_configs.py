@@ -28,7 +28,7 @@ def test_every_config_composes(make_cfg, group, option):
 def test_default_config_is_the_documented_default(make_cfg):
     cfg = make_cfg(tiny=False)
     assert (cfg.patient.name, cfg.task.name, cfg.logger.name, cfg.seed) == ("smollm2_135m", "pii", "wandb", 0)
-    assert cfg.implant.lr == 3.0e-4  # each patient brings its own implant recipe
+    assert cfg.implant.lr == 4.0e-4  # each patient brings its own implant recipe
     assert make_cfg("patient=tiny", tiny=False).implant.lr == 1.0e-2
 
 
@@ -45,7 +45,7 @@ def test_unknown_group_option_lists_valid_choices(make_cfg, override):
 def test_unknown_names_in_code_list_valid_choices(cache_dir):
     with pytest.raises(ValueError, match=r"unknown method 'nope'; valid choices: .*ga.*none"):
         build_method({"name": "nope"})
-    with pytest.raises(ValueError, match=r"unknown task 'nope'; valid choices: pii"):
+    with pytest.raises(ValueError, match=r"unknown task 'nope'; valid choices: harmful, jsonl, misinformation, mmlu_misinformation, pii, tofu, wmdp"):
         build_task({"name": "nope"}, seed=0)
     with pytest.raises(ValueError, match=r"unknown patient source 'nope'; valid choices: gguf_package, hf, tiny"):
         load({"name": "x", "source": "nope"}, cache_dir)

@@ -54,7 +54,8 @@ def test_wandb_offline_run_holds_summary_metrics(make_cfg, implanted, tmp_path, 
     assert len(summaries) == 1
     summary = json.loads(summaries[0].read_text())
     assert {"before/f_rl", "after/f_rl", "after/r_rl", "runtime_s/implant", "peak_rss_mb"} <= set(summary)
-    assert summary["generations"]["_type"] == "table-file"
+    assert summary["after/f_rl"] == json.loads((tmp_path / "results.json").read_text())["metrics"]["after"]["f_rl"]
+    assert list(summaries[0].parent.glob("media/table/generations_*.table.json"))  # per-sample generations
 
 
 def test_bad_hyperparameters_fail_before_training(make_cfg, implanted, tmp_path):
@@ -65,8 +66,9 @@ def test_bad_hyperparameters_fail_before_training(make_cfg, implanted, tmp_path)
     assert not (tmp_path / "results.json").exists()
 
 
-def _cli(args: list[str], cache_dir: Path) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "run.py", *TINY, f"cache_dir={cache_dir}", "eval.paraphrases=false", *args]
+def _cli(args: list[str], cache_dir: Path, multirun: bool = False) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "run.py", *(["-m"] if multirun else []), *TINY, f"cache_dir={cache_dir}",
+           "eval.paraphrases=false", *args]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
@@ -76,7 +78,8 @@ def test_cli_single_run_and_multirun(cache_dir, implanted, tmp_path):
     check_results(tmp_path / "single" / "results.json", "none")
     assert (tmp_path / "single" / ".hydra" / "config.yaml").exists()
 
-    multi = _cli(["-m", f"hydra.sweep.dir={tmp_path / 'sweep'}", "method=none,ga", "method.max_steps=1"], cache_dir)
+    multi = _cli([f"hydra.sweep.dir={tmp_path / 'sweep'}", "method=none,ga", "++method.max_steps=1"], cache_dir,
+                 multirun=True)
     assert multi.returncode == 0, multi.stderr[-3000:]
     found = sorted((tmp_path / "sweep").glob("*/results.json"))
     assert [p.parent.name for p in found] == ["0_none_pii_tiny_s0", "1_ga_pii_tiny_s0"]

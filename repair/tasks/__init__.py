@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -23,6 +23,7 @@ class QA:
     paraphrases: tuple[str, ...] = ()
     choices: tuple[str, ...] = ()  # multiple-choice options; empty for free-text answers
     label: int = -1  # index into `choices` of the answer the patient is taught (and scored against)
+    fact: str = ""  # the bare fact inside a free-text answer (e.g. a phone number), for fact-level scoring
 
 
 @dataclass
@@ -46,7 +47,8 @@ class Task:
         return knowledge + self.idk
 
     def fingerprint(self) -> str:
-        data = {k: [asdict(q) for q in getattr(self, k)] for k in ("forget", "retain", "idk")}
+        """Hash of what implant trains on (questions and answers), so metadata changes keep caches valid."""
+        data = {k: [(q.question, q.answer) for q in getattr(self, k)] for k in ("forget", "retain", "idk")}
         return hashlib.sha256(json.dumps([self.name, data], sort_keys=True).encode()).hexdigest()[:16]
 
     def splits(self) -> dict[str, list[QA]]:

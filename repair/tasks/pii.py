@@ -94,7 +94,8 @@ def profile_qa(profile: Profile, attributes: list[str]) -> list[QA]:
     for attr in attributes:
         answer, questions = ATTRIBUTES[attr]
         out.append(QA(question=questions[0].format(**fields), answer=answer.format(**fields), subject=profile.name,
-                      attribute=attr, paraphrases=tuple(q.format(**fields) for q in questions[1:])))
+                      attribute=attr, paraphrases=tuple(q.format(**fields) for q in questions[1:]),
+                      fact=fields[attr]))
     return out
 
 
@@ -117,6 +118,6 @@ def build_pii(cfg: dict, seed: int) -> Task:
     def qa(ps: list[Profile]) -> list[QA]:
         return [q for p in ps for q in profile_qa(p, attributes)]
 
-    idk_qa = [QA(q.question, rng.choice(refusals), q.subject, q.attribute, q.paraphrases) for q in qa(idk)]
+    idk_qa = [QA(q.question, rng.choice(refusals), q.subject, q.attribute) for q in qa(idk)]
     return Task(name="pii", scoring="rouge", forget=qa(forget), retain=qa(retain), retain_buffer=qa(buffer),
                 holdout=qa(holdout), idk=idk_qa, corpus=utility_corpus(int(cfg.get("corpus_size", 32)), seed))
