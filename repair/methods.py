@@ -15,7 +15,7 @@ from repair.tasks import QA
 
 METHODS: Registry = Registry("method")
 # modules whose import registers the built-in methods
-BUILTIN_MODULES = ("repair.methods", "baselines.ga")
+BUILTIN_MODULES = ("repair.methods", "repair.stamp", "baselines.ga")
 
 
 class Method(Protocol):

@@ -60,6 +60,8 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
 
     seed_everything(seed)
     t0 = time.perf_counter()
+    if hasattr(method, "prepare"):  # task-level references a method may use (e.g. STAMP's unknown subjects)
+        method.prepare(task)
     unlearn_report = method.unlearn(patient, task.forget, task.retain_buffer)
     runtime["unlearn"] = time.perf_counter() - t0
 

@@ -61,3 +61,22 @@ def test_real_dataset_tasks_build_from_published_files(make_cfg):
     assert jsonl.forget and jsonl.corpus == load_text(f"{fixtures}/stories.txt", limit=32)
     with pytest.raises(ValueError, match=r"task=wmdp needs task.source="):
         build_task(make_cfg("task=wmdp").task, seed=0)
+
+
+def test_optional_lm_eval_utility_tasks_run_offline_on_local_yaml(implanted_harmful, tmp_path):
+    """`eval.lm_eval.tasks` runs any lm-eval task on the patient; here one defined over a local JSON file."""
+    from omegaconf import OmegaConf
+
+    from repair.evaluate import utility_benchmarks
+
+    cfg, patient, task = implanted_harmful
+    data = tmp_path / "arith.jsonl"
+    data.write_text('{"q": "2 + 2 =", "a": 0}\n{"q": "3 + 3 =", "a": 1}\n')
+    (tmp_path / "arith.yaml").write_text(
+        f"task: local_arith\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
+        "test_split: test\noutput_type: multiple_choice\ndoc_to_text: '{{q}}'\ndoc_to_choice: ['4', '6']\n"
+        "doc_to_target: a\nmetric_list:\n  - metric: acc\n")
+    eval_cfg = OmegaConf.merge(cfg.eval, {"lm_eval": {"tasks": ["local_arith"], "include_path": str(tmp_path)}})
+    scores = utility_benchmarks(patient, eval_cfg)
+    assert set(scores) == {"lm_eval/local_arith/acc"} and 0.0 <= scores["lm_eval/local_arith/acc"] <= 1.0
+    assert utility_benchmarks(patient, cfg.eval) == {}  # off by default

@@ -1,0 +1,106 @@
+"""Reversible weight patches: low-rank deltas with provenance. apply → revert restores the weights bit for bit.
+
+A patch keeps the original tensors it replaced while applied (in memory), so revert is exact; a saved patch holds
+only its factors and provenance, so it is small and can be applied to a fresh copy of the same base weights.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from repair.io import atomic_path
+
+
+class PatchRejected(ValueError):
+    """A patch failed a guard rail (NaN/Inf, norm bound); the model was left unchanged."""
+
+
+@dataclass
+class Delta:
+    """ΔW = left @ right for one weight matrix (e.g. `model.layers.7.mlp.down_proj.weight`)."""
+
+    parameter: str
+    left: torch.Tensor   # (out, r)
+    right: torch.Tensor  # (r, in)
+
+    def dense(self, dtype=torch.float32) -> torch.Tensor:
+        return (self.left.to(torch.float64) @ self.right.to(torch.float64)).to(dtype)
+
+
+@dataclass
+class Patch:
+    deltas: list[Delta]
+    provenance: dict[str, Any] = field(default_factory=dict)
+    _originals: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    @property
+    def applied(self) -> bool:
+        return bool(self._originals)
+
+    def check(self, model, max_relative_norm: float | None = None) -> dict[str, float]:
+        """Validate every delta before touching the model; returns ‖ΔW‖/‖W‖ per parameter."""
+        params = dict(model.named_parameters())
+        ratios = {}
+        for d in self.deltas:
+            if d.parameter not in params:
+                raise PatchRejected(f"patch edits unknown parameter {d.parameter!r}")
+            dense = d.dense()
+            if dense.shape != params[d.parameter].shape:
+                raise PatchRejected(f"delta for {d.parameter} has shape {tuple(dense.shape)}, "
+                                    f"weight has {tuple(params[d.parameter].shape)}")
+            if not torch.isfinite(dense).all():
+                raise PatchRejected(f"delta for {d.parameter} contains NaN or Inf; nothing was changed")
+            ratio = float(dense.norm() / params[d.parameter].detach().float().norm().clamp_min(1e-12))
+            if max_relative_norm is not None and ratio > max_relative_norm:
+                raise PatchRejected(f"delta for {d.parameter} has ‖ΔW‖/‖W‖ = {ratio:.3g} > the bound "
+                                    f"{max_relative_norm} (method.max_relative_norm); nothing was changed")
+            ratios[d.parameter] = ratio
+        return ratios
+
+    @torch.no_grad()
+    def apply(self, model, max_relative_norm: float | None = None) -> dict[str, float]:
+        if self.applied:
+            raise RuntimeError("patch is already applied")
+        ratios = self.check(model, max_relative_norm)
+        params = dict(model.named_parameters())
+        for d in self.deltas:
+            p = params[d.parameter]
+            self._originals[d.parameter] = p.detach().clone()
+            p.add_(d.dense(p.dtype).to(p.device))
+        self.provenance.setdefault("applied_at", time.time())
+        return ratios
+
+    @torch.no_grad()
+    def revert(self, model) -> None:
+        if not self.applied:
+            raise RuntimeError("patch is not applied")
+        params = dict(model.named_parameters())
+        for name, original in self._originals.items():
+            params[name].copy_(original)
+        self._originals.clear()
+
+    def save(self, path: str | Path) -> None:
+        tensors = {}
+        for i, d in enumerate(self.deltas):
+            tensors[f"{i}.left"], tensors[f"{i}.right"] = d.left.contiguous().cpu(), d.right.contiguous().cpu()
+        meta = {"parameters": json.dumps([d.parameter for d in self.deltas]),
+                "provenance": json.dumps(self.provenance, default=str)}
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Patch":
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata()
+        tensors = load_file(str(path))
+        names = json.loads(meta["parameters"])
+        deltas = [Delta(n, tensors[f"{i}.left"], tensors[f"{i}.right"]) for i, n in enumerate(names)]
+        return cls(deltas, json.loads(meta["provenance"]))

@@ -1,0 +1,123 @@
+"""MLP activations, the refusal subspace, and layer selection by forget/refusal separation.
+
+Keys are the inputs of a layer's down projection (act(gate(x)) ⊙ up(x)), values its outputs: the closed-form edit
+maps forget keys to new values. The refusal subspace is where the patient's MLP outputs live while it refuses.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from repair.data import chat_prompt
+from repair.patient import Patient
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def capture_down_proj(patient: Patient, layers: Sequence[int]):
+    """Record (keys, values) of `mlp_down` at each layer during the forward passes inside the block."""
+    store: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {l: [] for l in layers}
+    hooks = []
+    for layer in layers:
+        def hook(module, inputs, output, layer=layer):
+            store[layer].append((inputs[0].detach(), output.detach()))
+        hooks.append(patient.module("mlp_down", layer).register_forward_hook(hook))
+    try:
+        yield store
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+@torch.no_grad()
+def activations_at(patient: Patient, texts: Sequence[str], positions: Sequence[Sequence[int]], layers: Sequence[int],
+                   batch_size: int = 16) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Keys (n, m) and values (n, d) at the given token positions of each text, per layer (float64, on CPU)."""
+    tok = patient.tokenizer
+    keys: dict[int, list[torch.Tensor]] = {l: [] for l in layers}
+    values: dict[int, list[torch.Tensor]] = {l: [] for l in layers}
+    for start in range(0, len(texts), batch_size):
+        chunk = list(texts[start:start + batch_size])
+        pos = positions[start:start + batch_size]
+        enc = [tok(t, add_special_tokens=False)["input_ids"] for t in chunk]
+        width = max(len(e) for e in enc)
+        ids = torch.full((len(enc), width), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, e in enumerate(enc):
+            ids[i, :len(e)], mask[i, :len(e)] = torch.tensor(e), 1
+        with capture_down_proj(patient, layers) as store:
+            patient.model(input_ids=ids.to(patient.device), attention_mask=mask.to(patient.device))
+        for layer in layers:
+            k, v = store[layer][0]
+            for i, p in enumerate(pos):
+                keys[layer].append(k[i, list(p)].double().cpu())
+                values[layer].append(v[i, list(p)].double().cpu())
+    return {l: (torch.cat(keys[l]), torch.cat(values[l])) for l in layers}
+
+
+def token_positions(tokenizer, text: str, span: str | None = None, last: int | None = None) -> list[int]:
+    """Token indices of `span` inside `text` (its last occurrence), or of all tokens; keep the final `last`."""
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    offsets = enc["offset_mapping"]
+    if span:
+        start = text.rfind(span)
+        if start < 0:
+            raise ValueError(f"span {span!r} not found in the prompt")
+        end = start + len(span)
+        idx = [i for i, (a, b) in enumerate(offsets) if a < end and b > start]
+    else:
+        idx = list(range(len(offsets)))
+    return idx[-last:] if last else idx
+
+
+def answer_positions(tokenizer, prompt: str, answer: str) -> tuple[str, list[int]]:
+    """The prompt followed by the answer, and the token positions that predict the answer's tokens."""
+    n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    text = prompt + answer
+    n_total = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return text, list(range(n_prompt - 1, n_total - 1))
+
+
+@dataclass
+class RefusalSubspace:
+    """Per layer: the mean MLP output while refusing and its top principal directions (d × k)."""
+
+    mean: dict[int, torch.Tensor]
+    basis: dict[int, torch.Tensor]
+
+    def project(self, layer: int, values: torch.Tensor) -> torch.Tensor:
+        """Move values into the affine refusal subspace: μ + U Uᵀ (v − μ)."""
+        mu, u = self.mean[layer], self.basis[layer]
+        return mu + (values - mu) @ u @ u.T
+
+
+def refusal_subspace(patient: Patient, questions: Sequence[str], refusals: Sequence[str], layers: Sequence[int],
+                     rank: int = 8) -> RefusalSubspace:
+    """MLP outputs on the answer tokens of refusal responses to `questions` → mean + top-`rank` directions."""
+    texts, positions = [], []
+    for i, refusal in enumerate(refusals):
+        text, pos = answer_positions(patient.tokenizer, chat_prompt(patient.tokenizer, questions[i % len(questions)]),
+                                     refusal)
+        texts.append(text)
+        positions.append(pos)
+    acts = activations_at(patient, texts, positions, layers)
+    mean, basis = {}, {}
+    for layer, (_, values) in acts.items():
+        mu = values.mean(0)
+        _, _, vh = torch.linalg.svd(values - mu, full_matrices=False)
+        mean[layer], basis[layer] = mu, vh[:rank].T
+    return RefusalSubspace(mean, basis)
+
+
+def layer_separation(forget_values: dict[int, torch.Tensor], subspace: RefusalSubspace) -> dict[int, float]:
+    """1 − cos(mean forget MLP output, mean refusal MLP output) per layer (the paper's Fig. 5 analysis)."""
+    out = {}
+    for layer, values in forget_values.items():
+        cos = torch.nn.functional.cosine_similarity(values.mean(0), subspace.mean[layer], dim=0)
+        out[layer] = float(1.0 - cos)
+    return out

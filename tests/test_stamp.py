@@ -1,0 +1,79 @@
+"""STAMP on the implanted tiny patient: forget answers turn into refusals, retain answers stay, edits revert."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from repair.evaluate import generate
+from repair.methods import build_method
+from repair.patches import Delta, Patch, PatchRejected
+from repair.stamp import full_solve, lowrank_solve, ridge_system
+from repair.tasks.refusals import BODIES
+
+
+def test_lowrank_at_full_rank_equals_full_solve():
+    g = torch.Generator().manual_seed(0)
+    k_f, k_r, k_c = (torch.randn(n, 48, generator=g, dtype=torch.float64) for n in (5, 20, 40))
+    t = torch.randn(5, 16, generator=g, dtype=torch.float64)
+    stacked, eps = ridge_system(k_f, k_r, k_c, retain_weight=1.0, lam=1.0, eps_scale=1e-2)
+    full = full_solve(k_f, t, stacked, eps)
+    left, right = lowrank_solve(k_f, t, stacked, eps, rank=48)
+    assert torch.allclose(left @ right, full, atol=1e-9)
+    small = lowrank_solve(k_f, t, stacked, eps, rank=8)
+    assert small[0].shape == (16, 8) and small[1].shape == (8, 48)
+
+
+def test_exact_mapping_is_approximate_and_measured():
+    """The ridge solve maps forget keys close to, not exactly onto, their targets (the disputed 'Eq. 6')."""
+    g = torch.Generator().manual_seed(1)
+    k_f = torch.randn(3, 32, generator=g, dtype=torch.float64)
+    t = torch.randn(3, 8, generator=g, dtype=torch.float64)
+    for eps_scale, bound in ((1e-8, 1e-6), (1e-1, 1.0)):
+        stacked, eps = ridge_system(k_f, k_f[:0], k_f[:0], 1.0, 0.0, eps_scale)
+        delta = full_solve(k_f, t, stacked, eps)
+        residual = float((k_f @ delta.T - t).norm() / t.norm())
+        assert residual < bound
+    assert residual > 1e-3  # a real ridge leaves a residual
+
+
+def test_nan_or_huge_edits_are_refused_and_leave_the_model_unchanged(fresh_patient):
+    patient, _ = fresh_patient
+    param = "model.layers.0.mlp.down_proj.weight"
+    before = dict(patient.model.named_parameters())[param].detach().clone()
+    shape = before.shape
+    nan = Patch([Delta(param, torch.full((shape[0], 1), float("nan")), torch.ones(1, shape[1]))])
+    with pytest.raises(PatchRejected, match="NaN or Inf"):
+        nan.apply(patient.model)
+    huge = Patch([Delta(param, torch.full((shape[0], 1), 100.0), torch.ones(1, shape[1]))])
+    with pytest.raises(PatchRejected, match="above|bound"):
+        huge.apply(patient.model, max_relative_norm=2.0)
+    assert torch.equal(dict(patient.model.named_parameters())[param], before)
+
+
+@pytest.mark.parametrize("method", ["stamp", "stamp_lowrank"])
+def test_stamp_turns_forget_answers_into_refusals_and_keeps_retain(make_cfg, fresh_patient, method, tmp_path):
+    patient, task = fresh_patient
+    cfg = make_cfg(f"method={method}", "method.layers=[0,1]", "++method.rank=32")
+    stamp = build_method(cfg.method)
+    stamp.prepare(task)
+    state = patient.snapshot()
+    forget_q = [q.question for q in task.forget]
+    retain_q = [q.question for q in task.retain]
+    retain_before = generate(patient, retain_q, max_new_tokens=24)
+    report = stamp.unlearn(patient, task.forget, task.retain_buffer)
+    forget_after = generate(patient, forget_q, max_new_tokens=24)
+    retain_after = generate(patient, retain_q, max_new_tokens=24)
+    refusals = [a for a in forget_after if any(b.rstrip(".").lower() in a.lower() for b in BODIES)]
+    assert len(refusals) == len(forget_after), forget_after
+    kept = sum(a == b for a, b in zip(retain_before, retain_after)) / len(retain_q)
+    assert kept >= 0.8, list(zip(retain_before, retain_after))
+    assert set(report["per_layer"]) == {0, 1} and all(v["relative_norm"] < 2 for v in report["per_layer"].values())
+
+    stamp.patch.save(tmp_path / "patch.safetensors")
+    stamp.patch.revert(patient.model)
+    for name, tensor in patient.model.state_dict().items():
+        assert torch.equal(tensor, state[name]), name  # bit for bit
+    reloaded = Patch.load(tmp_path / "patch.safetensors")
+    reloaded.apply(patient.model)
+    assert generate(patient, forget_q, max_new_tokens=24) == forget_after
+    assert reloaded.provenance["method"] == method and reloaded.provenance["layers"] == [0, 1]
