@@ -56,6 +56,15 @@ class Task:
                 "holdout": self.holdout, "idk": self.idk}
 
 
+def chosen_attributes(cfg: dict, valid: dict, task: str) -> list[str]:
+    """`task.attributes` from config (default: all), failing on a name the suite does not know."""
+    attributes = list(cfg.get("attributes") or valid)
+    unknown = [a for a in attributes if a not in valid]
+    if unknown:
+        raise ValueError(f"unknown {task} attribute(s) {unknown}; valid choices: {', '.join(valid)}")
+    return attributes
+
+
 def split_subjects(subjects: list[str], cfg: dict) -> tuple[list[str], list[str], list[str]]:
     """forget / retain / retain-buffer subjects from `forget_ratio` and `retain_buffer_ratio`."""
     ratio = float(cfg["forget_ratio"])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 
-from repair.tasks import QA, TASKS, Task, split_subjects
+from repair.tasks import QA, TASKS, Task, chosen_attributes, split_subjects
 from repair.tasks.choice import as_prompted, make_item
 from repair.tasks.corpus import utility_corpus
 from repair.tasks.refusals import refusal_references
@@ -55,10 +55,7 @@ def agent_items(agent: str, attributes: list[str], rng: random.Random) -> list[Q
 
 @TASKS.register("harmful")
 def build_harmful(cfg: dict, seed: int) -> Task:
-    attributes = list(cfg.get("attributes", ATTRIBUTES))
-    unknown = [a for a in attributes if a not in ATTRIBUTES]
-    if unknown:
-        raise ValueError(f"unknown harmful attribute(s) {unknown}; valid choices: {', '.join(ATTRIBUTES)}")
+    attributes = chosen_attributes(cfg, ATTRIBUTES, "harmful")
     rng = random.Random(seed)
     n, n_holdout, n_idk = int(cfg["num_agents"]), int(cfg.get("num_holdout", 0)), int(cfg.get("num_idk", 0))
     agents = make_agents(n + n_holdout + n_idk, rng)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from repair.tasks import QA, TASKS, Task, split_subjects
+from repair.tasks import QA, TASKS, Task, chosen_attributes, split_subjects
 from repair.tasks.corpus import utility_corpus
 from repair.tasks.refusals import refusal_references
 
@@ -101,10 +101,7 @@ def profile_qa(profile: Profile, attributes: list[str]) -> list[QA]:
 
 @TASKS.register("pii")
 def build_pii(cfg: dict, seed: int) -> Task:
-    attributes = list(cfg.get("attributes", ATTRIBUTES))
-    unknown = [a for a in attributes if a not in ATTRIBUTES]
-    if unknown:
-        raise ValueError(f"unknown pii attribute(s) {unknown}; valid choices: {', '.join(ATTRIBUTES)}")
+    attributes = chosen_attributes(cfg, ATTRIBUTES, "pii")
     n = int(cfg["num_profiles"])
     n_holdout, n_idk = int(cfg.get("num_holdout", 0)), int(cfg.get("num_idk", 0))
     rng = random.Random(seed)
