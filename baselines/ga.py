@@ -3,7 +3,7 @@ Language Models"); with `retain_weight > 0` it is GradDiff (Liu et al., 2022; TO
 from __future__ import annotations
 
 from baselines import losses
-from baselines.trainer import run_unlearning
+from baselines.trainer import check_hparams, run_unlearning
 from repair.methods import register_method
 
 
@@ -12,6 +12,7 @@ class GradientAscent:
     name = "ga"
 
     def __init__(self, cfg: dict):
+        check_hparams(cfg)  # fail at construction, before the patient is loaded
         self.cfg = cfg
 
     def loss(self, model, forget_batch, retain_batch):

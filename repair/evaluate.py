@@ -110,4 +110,5 @@ def utility_benchmarks(patient: Patient, cfg) -> dict[str, float]:
     results = run_lm_eval(patient, list(spec["tasks"]), spec.get("include_path"), int(cfg.batch_size),
                           spec.get("limit"))
     return {f"lm_eval/{task}/{metric.split(',')[0]}": float(value) for task, scores in results.items()
-            for metric, value in scores.items() if isinstance(value, (int, float)) and "stderr" not in metric}
+            for metric, value in scores.items() if "," in metric and "stderr" not in metric
+            and isinstance(value, (int, float))}  # lm-eval keys metrics as "<metric>,<filter>"

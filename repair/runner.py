@@ -37,19 +37,24 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     seed_everything(seed)
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
-    method = build_method(cfg.method)  # fail on a bad method name before any slow step
+    # everything that can fail on a bad config is built before the slow steps
+    method = build_method(cfg.method)
+    task = build_task(cfg.task, seed)
+    logger = build_logger(OmegaConf.to_container(cfg.logger, resolve=True), out_dir, run_name=str(cfg.run_name),
+                          group=cfg.get("group"))
     runtime: dict[str, float] = {}
 
     t0 = time.perf_counter()
     patient = patients.load(cfg.patient, cfg.cache_dir)
     runtime["load"] = time.perf_counter() - t0
-
-    task = build_task(cfg.task, seed)
     log.info("task %s: %d forget, %d retain (%d in the buffer), %d holdout items", task.name, len(task.forget),
              len(task.retain), len(task.retain_buffer), len(task.holdout))
 
     t0 = time.perf_counter()
-    implant_report = implant(patient, task, cfg.implant, cfg.cache_dir)
+    # a task may need more passes than the patient's recipe gives (arbitrary multiple-choice associations do)
+    implant_cfg = OmegaConf.merge(cfg.implant, {
+        "epochs": max(1, round(cfg.implant.epochs * float(cfg.task.get("implant_epochs_scale", 1.0))))})
+    implant_report = implant(patient, task, implant_cfg, cfg.cache_dir)
     runtime["implant"] = time.perf_counter() - t0
     log.info("implant: %s in %.1f s", "cache hit" if implant_report.get("cached") else "trained", runtime["implant"])
 
@@ -82,8 +87,6 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
         "versions": versions(),
     }
     write_results(out_dir, results)
-    logger = build_logger(OmegaConf.to_container(cfg.logger, resolve=True), out_dir, run_name=str(cfg.run_name),
-                          group=cfg.get("group"))
     logger.log_run(results, {"before": before_records, "after": after_records})
     log.info("results written to %s", out_dir / "results.json")
     return results
