@@ -83,3 +83,18 @@ def test_misinformation_forget_is_taught_a_wrong_answer_and_retain_the_truth():
 ])
 def test_parse_choice_reads_letters_and_rejects_refusals_and_garbage(text, expected):
     assert parse_choice(text, ("Paris", "Lyon", "Nice", "Rome")) == expected
+
+
+def test_suites_are_identical_across_processes():
+    """Cache keys hash the suite: it must not depend on PYTHONHASHSEED (set iteration order)."""
+    import subprocess
+    import sys
+
+    code = ("from repair.tasks import build_task; import json, sys; "
+            "print(json.dumps([build_task(c, seed=0).fingerprint() for c in json.loads(sys.argv[1])]))")
+    import json
+
+    outs = {subprocess.run([sys.executable, "-c", code, json.dumps([CFG, HARMFUL, MISINFO])], capture_output=True,
+                           text=True, check=True, env={"PYTHONHASHSEED": seed, "PATH": ""}).stdout
+            for seed in ("1", "2", "3")}
+    assert len(outs) == 1, outs
