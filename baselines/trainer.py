@@ -9,10 +9,10 @@ import time
 from typing import Callable
 
 import torch
-from repair.progress import progress
 
 from repair.data import collate, encode
 from repair.patient import Patient
+from repair.progress import progress
 from repair.tasks import QA
 
 log = logging.getLogger(__name__)

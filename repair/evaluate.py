@@ -5,12 +5,12 @@ import logging
 from typing import Sequence
 
 import torch
-from repair.progress import progress
 
 from repair.data import chat_prompt
 from repair.loglik import choice_loglik_accuracy, run_lm_eval
 from repair.metrics import perplexity, rouge_l_recall
 from repair.patient import Patient
+from repair.progress import progress
 from repair.tasks import QA, Task
 from repair.tasks.choice import parse_choice
 

@@ -17,13 +17,13 @@ import torch
 from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
-from repair.progress import progress
 
 from repair.data import answer_nll, collate, encode
 from repair.evaluate import generate
 from repair.io import cached_dir
 from repair.metrics import perplexity
 from repair.patient import Patient
+from repair.progress import progress
 from repair.tasks import QA, Task
 from repair.tasks.corpus import GENERAL_QUESTIONS
 
