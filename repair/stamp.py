@@ -36,10 +36,14 @@ TARGETS = ("refusal", "unknown")
 
 def ridge_system(k_f: torch.Tensor, k_r: torch.Tensor, k_c: torch.Tensor, retain_weight: float, lam: float,
                  eps_scale: float) -> tuple[torch.Tensor, float]:
-    """The stacked key matrix S (so that SᵀS = K_fᵀK_f + w K_rᵀK_r + λC) and the ridge ε."""
+    """The stacked key matrix S (so that SᵀS = K_fᵀK_f + w K_rᵀK_r + λ K_cᵀK_c) and the ridge ε.
+
+    Generic keys are held in place token by token (weight λ each), not as a per-token-normalised covariance: with a
+    few thousand generic tokens against a handful of forget keys, a normalised C barely constrains the edit
+    (measured: retain and perplexity collapsed; docs/stamp.md)."""
     parts = [k_f, (retain_weight ** 0.5) * k_r]
     if len(k_c):
-        parts.append((lam / len(k_c)) ** 0.5 * k_c)
+        parts.append(lam ** 0.5 * k_c)
     stacked = torch.cat(parts)
     eps = eps_scale * float((stacked ** 2).sum()) / stacked.shape[1]
     return stacked, eps

@@ -24,7 +24,7 @@ from repair.tasks.refusals import BODIES
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GRID = {"target": ["unknown", "refusal"], "layers": [[4, 5, 6, 7], [2, 4, 6, 8, 10, 12]],
-        "span_tokens": [1, 4], "strength": [2.0, 6.0]}
+        "span_tokens": [4, 1], "strength": [2.0, 6.0]}
 
 
 def is_refusal(text: str) -> bool:

@@ -55,6 +55,7 @@ def test_stamp_edit_maps_forget_keys_holds_retain_keys_and_reverts_exactly(make_
     reverts bit for bit and reloads. (Whether the patient then *refuses* is issue 4's open work: docs/stamp.md.)"""
     patient, task = fresh_patient
     cfg = make_cfg(f"method={method}", "method.layers=[1]", "method.span_tokens=1", "method.strength=1.0",
+                   "method.cov_weight=0.001",  # generic keys loosely held: the mapping can be (nearly) exact
                    "++method.rank=64")
     stamp = build_method(cfg.method)
     stamp.prepare(task)
