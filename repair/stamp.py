@@ -31,7 +31,7 @@ from repair.tasks.corpus import GENERAL_QUESTIONS
 from repair.tasks.refusals import refusal_references
 
 log = logging.getLogger(__name__)
-TARGETS = ("refusal", "unknown")
+TARGETS = ("refusal", "unknown", "direction")
 
 
 def ridge_system(k_f: torch.Tensor, k_r: torch.Tensor, k_c: torch.Tensor, retain_weight: float, lam: float,
@@ -149,7 +149,7 @@ class Stamp:
         t0 = time.perf_counter()
         target_kind = self.cfg.get("target", "unknown")
         f_texts, f_pos = self._prompts(patient, forget, [q.subject for q in forget])
-        if target_kind == "unknown":
+        if target_kind in ("unknown", "direction"):
             u_texts, u_pos = self._counterfactuals(patient, forget, f_pos)
             u_acts = activations_at(patient, u_texts, u_pos, layers)
         f_acts = activations_at(patient, f_texts, f_pos, layers)
@@ -163,8 +163,12 @@ class Stamp:
         deltas, per_layer = [], {}
         for layer in layers:
             k_f, v_f = f_acts[layer]
-            target = u_acts[layer][1] if target_kind == "unknown" else subspace.project(layer, v_f)
-            t = alpha * (target - v_f)
+            if target_kind == "unknown":  # per position: what the patient computes for a subject it refuses
+                t = alpha * (u_acts[layer][1] - v_f)
+            elif target_kind == "direction":  # one shared "unknown subject" direction, identity left alone
+                t = alpha * (u_acts[layer][1].mean(0) - v_f.mean(0)).expand_as(v_f)
+            else:
+                t = alpha * (subspace.project(layer, v_f) - v_f)
             empty = k_f.new_zeros((0, k_f.shape[1]))
             k_r = r_acts[layer][0] if r_acts else empty
             k_c = c_acts[layer][0] if c_acts else empty

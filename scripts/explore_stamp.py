@@ -23,8 +23,8 @@ from repair.tasks import build_task
 from repair.tasks.refusals import BODIES
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-GRID = {"target": ["unknown", "refusal"], "layers": [[4, 5, 6, 7], [2, 4, 6, 8, 10, 12]],
-        "span_tokens": [4, 1], "strength": [2.0, 6.0]}
+GRID = {"target": ["direction", "refusal", "unknown"], "layers": [[4, 5, 6, 7], [2, 4, 6, 8, 10, 12]],
+        "span_tokens": [1, 4], "strength": [2.0, 6.0]}
 
 
 def is_refusal(text: str) -> bool:
@@ -65,7 +65,7 @@ def main() -> None:
               f"{sum(rouge_l_recall(a, q.answer) for a, q in zip(r_a, retain)) / len(r_a):.2f} | "
               f"{ppl:.1f} (was {ppl_before:.1f}) | {max(v['relative_norm'] for v in per):.2f} | "
               f"{max(v['forget_residual'] for v in per):.3f} |", flush=True)
-        if target == "unknown" and layers == GRID["layers"][0] and span == 1 and alpha == GRID["strength"][0]:
+        if layers == GRID["layers"][0] and span == 1 and alpha == GRID["strength"][0]:
             print("<!-- example forget answers:", f_a[:3], "-->", flush=True)
 
 

@@ -83,7 +83,7 @@ def test_stamp_edit_maps_forget_keys_holds_retain_keys_and_reverts_exactly(make_
 
 def test_bad_stamp_configs_fail_clearly(make_cfg, fresh_patient):
     patient, task = fresh_patient
-    with pytest.raises(ValueError, match=r"unknown method.target 'nope'; valid choices: refusal, unknown"):
+    with pytest.raises(ValueError, match=r"unknown method.target .nope.; valid choices: refusal, unknown, dir"):
         build_method(make_cfg("method=stamp", "method.target=nope").method)
     with pytest.raises(ValueError, match=r"method.rank must be >= 1"):
         build_method(make_cfg("method=stamp_lowrank", "method.rank=0").method)
