@@ -33,13 +33,8 @@ def check_hparams(cfg: dict) -> None:
 
 def select_parameters(patient: Patient, cfg: dict) -> list[torch.nn.Parameter]:
     """All transformer-block weights by default, or only `train_layers` (embeddings always stay frozen)."""
-    layers = cfg.get("train_layers", "all")
-    layers = list(range(patient.num_layers)) if layers in (None, "all") else list(layers)
-    bad = [i for i in layers if not (isinstance(i, int) and 0 <= i < patient.num_layers)]
-    if bad:
-        raise ValueError(f"method.train_layers has unknown layer(s) {bad}; valid: 0..{patient.num_layers - 1} or 'all'")
-    template = patient.modules.get("layers", "model.layers.{}")
-    prefixes = tuple(template.format(i) + "." for i in layers)
+    layers = patient.layer_indices(cfg.get("train_layers", "all"), "method.train_layers")
+    prefixes = tuple(patient.layer_prefix(i) for i in layers)
     return [p for n, p in patient.model.named_parameters() if n.startswith(prefixes)]
 
 

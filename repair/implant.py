@@ -45,19 +45,14 @@ def implant_key(patient: Patient, task: Task, cfg: dict) -> str:
 
 def trainable_parameters(patient: Patient, cfg: dict) -> dict[str, torch.nn.Parameter]:
     """The parameters the recipe trains: chosen layers × chosen sub-modules (embeddings frozen), or 'all'."""
-    layers = cfg.get("train_layers", "all")
-    layers = list(range(patient.num_layers)) if layers == "all" else [int(i) for i in layers]
-    bad = [i for i in layers if not 0 <= i < patient.num_layers]
-    if bad:
-        raise ValueError(f"implant.train_layers {bad} out of range; valid: 0..{patient.num_layers - 1} or 'all'")
+    layers = patient.layer_indices(cfg.get("train_layers", "all"), "implant.train_layers")
     modules = cfg.get("train_modules", ["mlp", "self_attn"])
     if modules == "all":  # a random patient must learn its embeddings and norms too
         return dict(patient.model.named_parameters())
-    template = patient.modules.get("layers", "model.layers.{}")
-    prefixes = tuple(f"{template.format(i)}.{m}." for i in layers for m in modules)
+    prefixes = tuple(f"{patient.layer_prefix(i)}{m}." for i in layers for m in modules)
     chosen = {n: p for n, p in patient.model.named_parameters() if n.startswith(prefixes)}
     if not chosen:
-        first = template.format(0) + "."
+        first = patient.layer_prefix(0)
         known = sorted({n[len(first):].split(".")[0] for n, _ in patient.model.named_parameters() if n.startswith(first)})
         raise ValueError(f"implant.train_modules {modules} match no parameters of patient {patient.name!r}; "
                          f"valid: 'all' or a list of {known}")

@@ -54,6 +54,20 @@ class Patient:
         path = self.modules[role].format(layer) if layer is not None else self.modules[role]
         return self.model.get_submodule(path)
 
+    def layer_indices(self, spec, key: str, every: tuple = ("all", None)) -> list[int]:
+        """Validated layer indices from a config value: a list of ints, or one of `every` for all layers."""
+        if spec in every:
+            return list(range(self.num_layers))
+        layers = list(spec)
+        bad = [i for i in layers if not (isinstance(i, int) and 0 <= i < self.num_layers)]
+        if bad:
+            raise ValueError(f"{key} has unknown layer(s) {bad}; valid: 0..{self.num_layers - 1} or "
+                             f"{' / '.join(repr(e) for e in every if e)}")
+        return layers
+
+    def layer_prefix(self, layer: int) -> str:
+        return self.modules.get("layers", "model.layers.{}").format(layer) + "."
+
     def snapshot(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 

@@ -119,13 +119,8 @@ class Stamp:
         return activations_at(patient, texts, [token_positions(patient.tokenizer, t) for t in texts], layers)
 
     def _layers(self, patient: Patient, forget: Sequence[QA]) -> tuple[list[int], dict[int, float], Any]:
-        n_layers = patient.num_layers
         chosen = self.cfg.get("layers", "auto")
-        if chosen != "auto":
-            bad = [l for l in chosen if not (isinstance(l, int) and 0 <= l < n_layers)]
-            if bad:
-                raise ValueError(f"method.layers has unknown layer(s) {bad}; valid: 0..{n_layers - 1} or 'auto'")
-        candidates = list(range(n_layers)) if chosen == "auto" else sorted(int(l) for l in chosen)
+        candidates = sorted(patient.layer_indices(chosen, "method.layers", every=("auto",)))
         refusals = refusal_references(int(self.cfg.get("num_refusals", 200)))
         subspace = refusal_subspace(patient, [q.question for q in forget], refusals, candidates,
                                     rank=int(self.cfg.get("refusal_rank", 8)))
