@@ -5,7 +5,6 @@ to a temporary folder and renamed, so an interrupted conversion never leaves a h
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -211,8 +210,3 @@ def _load_hf(cfg: dict, cache_dir: Path) -> Patient:
     ident = str(local.resolve()) if local.exists() else f"{name_or_path}@{cfg.get('revision') or 'main'}"
     fingerprint = hashlib.sha256(ident.encode()).hexdigest()[:16]
     return Patient(cfg["name"], model, _prepare_tokenizer(tokenizer), fingerprint, dict(cfg.get("modules", {})))
-
-
-def clone(patient: Patient) -> Patient:
-    """An independent copy (e.g. a frozen reference model for a baseline)."""
-    return Patient(patient.name, copy.deepcopy(patient.model), patient.tokenizer, patient.fingerprint, patient.modules)

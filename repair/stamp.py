@@ -5,10 +5,10 @@ new outputs by a ridge / pseudoinverse update (the MEMIT family):
 
     ΔW = T K_fᵀ (K_f K_fᵀ + w K_r K_rᵀ + λ C + ε I)⁻¹
 
-T moves the forget outputs toward refusal: either into the refusal subspace (`target: refusal`, the paper's
-reading) or onto what the patient computes for a subject it does not know (`target: unknown`, which worked best in
-our prototypes: "forget X" becomes "treat X as unknown"). Retain-buffer keys are held in place, C is a key
-covariance from ordinary text. STAMP-LR solves the same problem inside the top-r singular subspace of the keys:
+T moves the forget outputs toward refusal: into the refusal subspace (`target: refusal`, the paper's reading), onto
+what the patient computes at the same positions for a subject it refuses (`target: unknown`: "forget X" becomes
+"treat X as unknown"), or along one shared unknown-minus-forget direction (`target: direction`). Retain-buffer keys
+are held in place, and so are keys from ordinary text (C, weighted per token by `cov_weight`). STAMP-LR solves the same problem inside the top-r singular subspace of the keys:
 O(r³ + r²d) instead of O(m³); at full rank it equals STAMP. Every edit is a reversible `Patch`.
 """
 from __future__ import annotations
@@ -118,15 +118,14 @@ class Stamp:
         texts = [chat_prompt(patient.tokenizer, q) for q in GENERAL_QUESTIONS] + self.generic_texts[:16]
         return activations_at(patient, texts, [token_positions(patient.tokenizer, t) for t in texts], layers)
 
-    def _layers(self, patient: Patient, forget: Sequence[QA]) -> tuple[list[int], dict[int, float], Any]:
+    def _layers(self, patient: Patient, forget: Sequence[QA], f_acts: dict) -> tuple[list[int], dict[int, float], Any]:
+        """Edited layers (explicit, or the best by separation) from forget activations at every candidate layer."""
         chosen = self.cfg.get("layers", "auto")
-        candidates = sorted(patient.layer_indices(chosen, "method.layers", every=("auto",)))
+        candidates = sorted(f_acts)
         refusals = refusal_references(int(self.cfg.get("num_refusals", 200)))
         subspace = refusal_subspace(patient, [q.question for q in forget], refusals, candidates,
                                     rank=int(self.cfg.get("refusal_rank", 8)))
-        texts, positions = self._prompts(patient, forget, [q.subject for q in forget])
-        acts = activations_at(patient, texts, positions, candidates)
-        separation = layer_separation({l: v for l, (_, v) in acts.items()}, subspace)
+        separation = layer_separation({l: v for l, (_, v) in f_acts.items()}, subspace)
         log.info("forget/refusal separation by layer: %s", " ".join(f"{l}:{s:.3f}" for l, s in separation.items()))
         if chosen == "auto":
             candidates = sorted(sorted(candidates, key=lambda l: -separation[l])[: int(self.cfg.get("num_layers", 4))])
@@ -138,16 +137,18 @@ class Stamp:
             raise ValueError("nothing to forget: the forget set is empty")
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        layers, separation, subspace = self._layers(patient, forget)
+        target_kind = self.cfg.get("target", "unknown")
+        candidates = patient.layer_indices(self.cfg.get("layers", "auto"), "method.layers", every=("auto",))
+        f_texts, f_pos = self._prompts(patient, forget, [q.subject for q in forget])
+        if target_kind in ("unknown", "direction"):  # aligns f_pos with the counterfactual spans
+            u_texts, u_pos = self._counterfactuals(patient, forget, f_pos)
+        f_acts = activations_at(patient, f_texts, f_pos, candidates)
+        layers, separation, subspace = self._layers(patient, forget, f_acts)
         timings["layer_selection"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        target_kind = self.cfg.get("target", "unknown")
-        f_texts, f_pos = self._prompts(patient, forget, [q.subject for q in forget])
         if target_kind in ("unknown", "direction"):
-            u_texts, u_pos = self._counterfactuals(patient, forget, f_pos)
             u_acts = activations_at(patient, u_texts, u_pos, layers)
-        f_acts = activations_at(patient, f_texts, f_pos, layers)
         r_acts = (activations_at(patient, *self._prompts(patient, retain_buffer, [q.subject for q in retain_buffer]),
                                  layers) if retain_buffer else None)
         c_acts = self._generic_keys(patient, layers) if float(self.cfg.get("cov_weight", 1.0)) > 0 else None
