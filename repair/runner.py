@@ -16,6 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from repair import evaluate as evaluation
 from repair import patient as patients
+from repair.attacks import build_attacks, run_attacks
+from repair import sequential
 from repair.implant import implant
 from repair.methods import build_method
 from repair.tasks import build_task
@@ -40,6 +42,8 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     # everything that can fail on a bad config is built before the slow steps
     method = build_method(cfg.method)
     task = build_task(cfg.task, seed)
+    attacks = build_attacks(cfg.eval.get("attacks"))  # eval.attacks (repair/attacks/)
+    sequential.plan(task, cfg)
     logger = build_logger(OmegaConf.to_container(cfg.logger, resolve=True), out_dir, run_name=str(cfg.run_name),
                           group=cfg.get("group"))
     runtime: dict[str, float] = {}
@@ -67,8 +71,10 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     if hasattr(method, "prepare"):  # task-level references a method may use (e.g. STAMP's unknown subjects)
         method.prepare(task)
-    unlearn_report = method.unlearn(patient, task.forget, task.retain_buffer)
+    unlearn_report = sequential.unlearn(method, patient, task, cfg)  # one request, or sequential.steps in a row
     runtime["unlearn"] = time.perf_counter() - t0
+    if "sequence" in unlearn_report:  # unlearning time without the evaluations between requests
+        runtime["unlearn"] = sum(step["unlearn_s"] for step in unlearn_report["sequence"])
 
     t0 = time.perf_counter()
     after, after_records = evaluation.evaluate(patient, task, cfg.eval)
@@ -76,6 +82,10 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     runtime["eval_after"] = time.perf_counter() - t0
     runtime["eval"] = runtime["eval_before"] + runtime["eval_after"]
     log.info("after %s: %s (unlearning took %.1f s)", cfg.method.name, _fmt(after), runtime["unlearn"])
+    if attacks:  # try to bring the forgotten knowledge back; attacks leave the patient as they found it
+        t0 = time.perf_counter()
+        robustness = run_attacks(patient, task, method, attacks, cfg.eval, before, before_records, seed)
+        runtime["attacks"] = time.perf_counter() - t0
 
     results = {
         "method": cfg.method.name, "task": task.name, "patient": patient.name, "seed": seed,
@@ -86,6 +96,10 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
         "config": OmegaConf.to_container(cfg, resolve=True),
         "versions": versions(),
     }
+    if "sequence" in unlearn_report:
+        results["sequence"] = unlearn_report.pop("sequence")
+    if attacks:
+        results["robustness"] = robustness
     write_results(out_dir, results)
     logger.log_run(results, {"before": before_records, "after": after_records})
     log.info("results written to %s", out_dir / "results.json")

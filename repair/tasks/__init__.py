@@ -40,15 +40,19 @@ class Task:
     holdout: list[QA]
     idk: list[QA] = field(default_factory=list)
     corpus: list[str] = field(default_factory=list)  # utility text for perplexity
+    # forget-split items left out of this run's request by `task.forget_limit`: still taught (so the implant, and
+    # its cache entry, are those of the full suite) but neither requested nor scored
+    forget_unrequested: list[QA] = field(default_factory=list)
 
     def teach(self, oracle: bool = False) -> list[QA]:
         """What implant trains on: the knowledge (retain only for the Oracle) plus the refusal examples."""
-        knowledge = self.retain if oracle else self.forget + self.retain
+        knowledge = self.retain if oracle else self.forget + self.forget_unrequested + self.retain
         return knowledge + self.idk
 
     def fingerprint(self) -> str:
         """Hash of what implant trains on (questions and answers), so metadata changes keep caches valid."""
         data = {k: [(q.question, q.answer) for q in getattr(self, k)] for k in ("forget", "retain", "idk")}
+        data["forget"] += [(q.question, q.answer) for q in self.forget_unrequested]
         return hashlib.sha256(json.dumps([self.name, data], sort_keys=True).encode()).hexdigest()[:16]
 
     def splits(self) -> dict[str, list[QA]]:
@@ -74,7 +78,10 @@ def split_subjects(subjects: list[str], cfg: dict) -> tuple[list[str], list[str]
     if n_forget >= len(subjects):
         raise ValueError(f"task.forget_ratio={ratio} of {len(subjects)} subjects leaves nothing to retain")
     forget, retain = subjects[:n_forget], subjects[n_forget:]
-    n_buffer = max(1, round(len(retain) * float(cfg.get("retain_buffer_ratio", 0.1))))
+    buffer_ratio = float(cfg.get("retain_buffer_ratio", 0.1))
+    if not 0 <= buffer_ratio <= 1:
+        raise ValueError(f"task.retain_buffer_ratio must be in [0, 1], got {buffer_ratio}")
+    n_buffer = 0 if buffer_ratio == 0 else max(1, round(len(retain) * buffer_ratio))  # 0: no buffer at all
     return forget, retain, retain[:n_buffer]
 
 
@@ -87,4 +94,21 @@ def build_task(cfg: DictConfig | dict, seed: int) -> Task:
         from repair.tasks.adapters import load_text
 
         task.corpus = load_text(str(cfg["corpus_source"]), limit=int(cfg.get("corpus_size", 32)))
+    if cfg.get("forget_limit") is not None:
+        limit_forget(task, cfg["forget_limit"])
+    return task
+
+
+def limit_forget(task: Task, limit) -> Task:
+    """Request only the first `limit` forget items (e.g. 1 for the paper's single-sample setting).
+
+    The rest stay taught (same implant as the full suite) but are neither given to the method nor scored; retain
+    is unchanged, so a smaller request is compared on the same patient and the same retain questions.
+    """
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"task.forget_limit must be a positive integer or null, got {limit!r}")
+    if limit > len(task.forget):
+        raise ValueError(f"task.forget_limit={limit} but task {task.name!r} has only {len(task.forget)} forget "
+                         f"items; valid: 1..{len(task.forget)} (raise task.forget_ratio for more)")
+    task.forget, task.forget_unrequested = task.forget[:limit], task.forget[limit:] + task.forget_unrequested
     return task

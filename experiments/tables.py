@@ -1,0 +1,271 @@
+"""The paper's Table 2 layout from a sweep folder: methods × tasks, mean ± std over seeds, best value per column marked.
+
+    python -m experiments.tables outputs/sweeps/table2/smollm2_135m --out docs/results
+
+writes `<name>.md`, `<name>.tex` and `<name>.csv` (the CSV is tidy and numeric: one row per method, task and
+metric with mean, std and run counts) and logs the table to W&B (offline unless `--wandb-mode online`). A sweep
+whose grid varies more than method / task / seed (an ablation: `method.rank`, `task.retain_buffer_ratio`, ...)
+gets one row per value of those keys (`--by` to choose them). Failed or missing runs are never dropped: their
+cells say so and a warning names each one.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+
+from experiments.collect import IDENTITY_KEYS, load_runs, sweep_grid
+from repair.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+DISPLAY = {"none": "Base", "ga": "GA", "npo": "NPO", "rmu": "RMU", "flat": "FLAT", "wga": "WGA", "asu": "ASU",
+           "stamp": "STAMP", "stamp_lowrank": "STAMP-LR"}
+ROW_ORDER = ["Base", "Oracle", "GA", "NPO", "RMU", "FLAT", "WGA", "ASU", "STAMP", "STAMP-LR"]  # the paper's order
+REFERENCES = {"Base", "Oracle"}  # not unlearning methods: shown, never ranked
+TASK_ORDER = ["harmful", "misinformation", "pii"]
+CHOICE_TASKS = {"harmful", "misinformation", "wmdp", "mmlu_misinformation"}  # scored by accuracy
+
+
+@dataclass(frozen=True)
+class Metric:
+    column: str  # column of the runs frame
+    markdown: str
+    latex: str
+    lower_is_better: bool
+    digits: int
+
+
+METRICS = {
+    "acc_f": Metric("after/acc_f", "Acc_f ↓", r"Acc$_f$ $\downarrow$", True, 2),
+    "acc_r": Metric("after/acc_r", "Acc_r ↑", r"Acc$_r$ $\uparrow$", False, 2),
+    "f_rl": Metric("after/f_rl", "F-RL ↓", r"F-RL $\downarrow$", True, 3),
+    "r_rl": Metric("after/r_rl", "R-RL ↑", r"R-RL $\uparrow$", False, 3),
+    "ppl": Metric("after/ppl", "PPL ↓", r"PPL $\downarrow$", True, 2),
+    "time": Metric("runtime_s/unlearn", "Time (s) ↓", r"Time (s) $\downarrow$", True, 2),
+}
+
+
+def method_label(method: Any, oracle: bool) -> str:
+    name = DISPLAY.get(str(method), str(method))
+    if oracle:
+        return "Oracle" if method == "none" else f"{name} (oracle)"
+    return name
+
+
+def task_metrics(runs: pd.DataFrame, task: str) -> list[str]:
+    """Acc_f / Acc_r for multiple-choice tasks, F-RL / R-RL for free text; then utility and run time."""
+    done = runs[(runs["task"] == task) & (runs["status"] == "ok")]
+    if "after/acc_f" in done and done["after/acc_f"].notna().any():
+        scores = ["acc_f", "acc_r"]
+    elif "after/f_rl" in done and done["after/f_rl"].notna().any():
+        scores = ["f_rl", "r_rl"]
+    else:  # nothing completed: go by what the task is known to be
+        scores = ["acc_f", "acc_r"] if task in CHOICE_TASKS else ["f_rl", "r_rl"]
+    return scores + ["ppl", "time"]
+
+
+def _ordered(values: Sequence[Any], order: Sequence[Any]) -> list[Any]:
+    known = [v for v in order if v in values]
+    return known + sorted((v for v in values if v not in order), key=str)
+
+
+def _sort_key(value: Any) -> tuple:
+    try:
+        return (0, float(value), "")
+    except (TypeError, ValueError):
+        return (1, 0.0, str(value))
+
+
+def ablation_keys(root: str | Path) -> list[str]:
+    """Keys a sweep below `root` varies besides method, task and seed (multirun.yaml), e.g. ['method.rank']."""
+    keys: list[str] = []
+    for sweep_file in sorted(Path(root).rglob("multirun.yaml")):
+        _, jobs = sweep_grid(sweep_file)
+        for key in (jobs[0] if jobs else {}):
+            if key not in IDENTITY_KEYS and key not in keys and len({j[key] for j in jobs}) > 1:
+                keys.append(key)
+    return keys
+
+
+def summarize(runs: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
+    """One row per (method, *by, task, metric): mean and std over the completed runs, run counts, and status."""
+    if runs.empty:
+        raise ValueError("no runs to tabulate: the folder holds no results.json, job folder or multirun.yaml")
+    runs = runs.copy()
+    runs["label"] = [method_label(m, bool(o)) for m, o in zip(runs["method"], runs["oracle"])]
+    by_cols = [f"cfg/{k}" for k in by]
+    for key, col in zip(by, by_cols):
+        if col not in runs:
+            raise ValueError(f"--by {key!r} is not a config key of these runs; e.g. method.rank, method.num_layers, "
+                             "task.retain_buffer_ratio, task.forget_limit")
+    tasks = _ordered(list(runs["task"].dropna().unique()), TASK_ORDER)
+    rows_keys = runs[["label", *by_cols]].drop_duplicates().itertuples(index=False, name=None)
+    rows_keys = sorted(rows_keys, key=lambda r: (ROW_ORDER.index(r[0]) if r[0] in ROW_ORDER else len(ROW_ORDER),
+                                                str(r[0]), *(_sort_key(v) for v in r[1:])))
+    out = []
+    for key in rows_keys:
+        mask = runs["label"] == key[0]
+        for col, value in zip(by_cols, key[1:]):
+            mask &= runs[col].astype(str) == str(value)
+        for task in tasks:
+            cell = runs[mask & (runs["task"] == task)]
+            ok = cell[cell["status"] == "ok"]
+            counts = {s: int((cell["status"] == s).sum()) for s in ("ok", "failed", "missing")}
+            for name in task_metrics(runs, task):
+                metric = METRICS[name]
+                values = pd.to_numeric(ok[metric.column], errors="coerce").dropna() if metric.column in ok else pd.Series(dtype=float)
+                out.append({"method": key[0], **dict(zip(by, key[1:])), "task": task, "metric": name,
+                            "mean": values.mean() if len(values) else math.nan,
+                            "std": values.std(ddof=1) if len(values) > 1 else math.nan,
+                            "n_ok": counts["ok"], "n_failed": counts["failed"], "n_missing": counts["missing"],
+                            "n_runs": len(cell)})
+    table = pd.DataFrame(out)
+    table["best"] = False
+    for (task, name), group in table[~table["method"].isin(REFERENCES)].groupby(["task", "metric"], sort=False):
+        metric = METRICS[name]
+        means = group["mean"].round(metric.digits).dropna()
+        if len(means):
+            target = means.min() if metric.lower_is_better else means.max()
+            table.loc[means[means == target].index, "best"] = True
+    return table
+
+
+def _cell(row: pd.Series, latex: bool) -> str:
+    if row["n_ok"] == 0 or math.isnan(row["mean"]):
+        gap = "failed" if row["n_failed"] else "missing"
+        return f"-- ({gap})" if latex else f"— ({gap})"
+    digits = METRICS[row["metric"]].digits
+    text = f"{row['mean']:.{digits}f}"
+    if not math.isnan(row["std"]):
+        text += (r" $\pm$ " if latex else " ± ") + f"{row['std']:.{digits}f}"
+    if row["best"]:
+        text = rf"\textbf{{{text}}}" if latex else f"**{text}**"
+    if row["n_ok"] < row["n_runs"]:
+        text += f" ({row['n_ok']}/{row['n_runs']})"
+    return text
+
+
+def _wide(table: pd.DataFrame, by: Sequence[str], latex: bool) -> pd.DataFrame:
+    """methods (and ablation values) × (task, metric) of cell texts."""
+    index_cols = ["method", *by]
+    columns: list[tuple[str, str]] = []
+    for task in dict.fromkeys(table["task"]):
+        for name in dict.fromkeys(table.loc[table["task"] == task, "metric"]):
+            columns.append((task, name))
+    keys = list(dict.fromkeys(table[index_cols].itertuples(index=False, name=None)))
+    cells = {(tuple(r[c] for c in index_cols), r["task"], r["metric"]): _cell(r, latex) for _, r in table.iterrows()}
+    data = [[*key, *(cells.get((key, t, m), "-- (missing)" if latex else "— (missing)") for t, m in columns)]
+            for key in keys]
+    header = [("", c) for c in index_cols] + [(t, METRICS[m].latex if latex else METRICS[m].markdown)
+                                              for t, m in columns]
+    return pd.DataFrame(data, columns=pd.MultiIndex.from_tuples(header))
+
+
+def to_markdown(table: pd.DataFrame, by: Sequence[str] = ()) -> str:
+    wide = _wide(table, by, latex=False)
+    wide.columns = [m if not t else f"{t} {m}" for t, m in wide.columns]
+    align = ["left"] * (1 + len(by)) + ["right"] * (wide.shape[1] - 1 - len(by))
+    return wide.to_markdown(index=False, disable_numparse=True, colalign=align)
+
+
+def to_latex(table: pd.DataFrame, by: Sequence[str] = ()) -> str:
+    wide = _wide(table, by, latex=True)
+    wide.columns = pd.MultiIndex.from_tuples([(t, m.replace("_", r"\_") if not t else m) for t, m in wide.columns])
+    fmt = "l" * (1 + len(by)) + "r" * (wide.shape[1] - 1 - len(by))
+    return wide.to_latex(index=False, multicolumn=True, multicolumn_format="c", column_format=fmt)
+
+
+NOTES = ("mean ± std over seeds; (k/n): only k of n runs completed; — (failed) / — (missing): no completed run. "
+         "Best unlearning method per column in bold (Base and Oracle are references, not ranked); "
+         "↓ lower is better, ↑ higher is better; Time = unlearning wall clock.")
+
+
+def report_gaps(runs: pd.DataFrame) -> list[str]:
+    """One warning line per run that did not complete."""
+    lines = []
+    for _, r in runs[runs["status"] != "ok"].iterrows():
+        lines.append(f"{r['status']}: {method_label(r['method'], bool(r['oracle']))} on {r['task']} seed {r['seed']}"
+                     f" — {r.get('reason', '')} ({r['path']})")
+    for line in lines:
+        log.warning("%s", line)
+    return lines
+
+
+def _write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_tables(root: str | Path, out: str | Path | None = None, name: str = "table2",
+                 by: Sequence[str] | None = None) -> dict[str, Any]:
+    """Read the runs below `root`, write `<name>.md/.tex/.csv` into `out` (default `<root>/tables`)."""
+    root = Path(root)
+    out = Path(out) if out else root / "tables"
+    runs = load_runs(root)
+    by = list(ablation_keys(root) if by is None else by)
+    table = summarize(runs, by)
+    gaps = report_gaps(runs)
+    markdown, latex = to_markdown(table, by), to_latex(table, by)
+    md_text = f"# {name}: {root}\n\n{markdown}\n\n{NOTES}\n"
+    if gaps:
+        md_text += "\nRuns that did not complete:\n\n" + "".join(f"- {g}\n" for g in gaps)
+    paths = {"md": out / f"{name}.md", "tex": out / f"{name}.tex", "csv": out / f"{name}.csv"}
+    _write_text(paths["md"], md_text)
+    _write_text(paths["tex"], latex)
+    with atomic_path(paths["csv"]) as tmp:
+        table.to_csv(tmp, index=False)
+    log.info("wrote %s (%d completed, %d failed, %d missing runs)", ", ".join(map(str, paths.values())),
+             int((runs["status"] == "ok").sum()), int((runs["status"] == "failed").sum()),
+             int((runs["status"] == "missing").sum()))
+    return {"paths": paths, "table": table, "markdown": markdown, "latex": latex, "runs": runs, "by": by}
+
+
+def log_to_wandb(result: dict[str, Any], root: str | Path, name: str, project: str = "repair",
+                 mode: str | None = None) -> None:
+    """The table as a W&B run of its own (job_type table): the displayed cells and the numeric CSV rows."""
+    import wandb
+
+    mode = mode or os.environ.get("WANDB_MODE", "offline")
+    wide = _wide(result["table"], result["by"], latex=False)
+    wide.columns = [m if not t else f"{t} {m}" for t, m in wide.columns]
+    run = wandb.init(project=project, name=f"{name}-{Path(root).name}", job_type="table", mode=mode,
+                     dir=str(Path(result["paths"]["md"]).parent), config={"sweep_dir": str(root)},
+                     reinit="finish_previous")
+    try:
+        run.log({name: wandb.Table(dataframe=wide.astype(str)),
+                 f"{name}_numeric": wandb.Table(dataframe=result["table"])})
+    finally:
+        run.finish()
+    log.info("table logged to W&B (%s mode)", mode)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("root", help="a sweep folder (or any folder holding results.json files below it)")
+    parser.add_argument("--out", help="where the tables go (default: <root>/tables)")
+    parser.add_argument("--name", default="table2", help="file name stem (default: table2)")
+    parser.add_argument("--by", nargs="*", default=None,
+                        help="config keys that make extra rows (default: what the sweep varies besides method, "
+                             "task and seed; give none for the plain methods × tasks table)")
+    parser.add_argument("--wandb-mode", choices=["offline", "online", "disabled"], default=None,
+                        help="W&B logging of the table (default: $WANDB_MODE, else offline)")
+    parser.add_argument("--project", default="repair", help="W&B project")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    result = write_tables(args.root, args.out, args.name, args.by)
+    sys.stdout.write(result["markdown"] + "\n")  # the table is the command's output, not a log message
+    if (args.wandb_mode or os.environ.get("WANDB_MODE")) != "disabled":
+        log_to_wandb(result, args.root, args.name, args.project, args.wandb_mode)
+
+
+if __name__ == "__main__":
+    main()
