@@ -20,15 +20,11 @@ from repair.methods import build_method
 from repair.metrics import perplexity, rouge_l_recall
 from repair.patches import PatchRejected
 from repair.tasks import build_task
-from repair.tasks.refusals import BODIES
+from repair.tasks.refusals import is_refusal
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GRID = {"target": ["direction", "refusal", "unknown"], "layers": [[4, 5, 6, 7], [2, 4, 6, 8, 10, 12]],
         "span_tokens": [1, 4], "strength": [2.0, 6.0]}
-
-
-def is_refusal(text: str) -> bool:
-    return any(b.rstrip(".").lower()[:24] in text.lower() for b in BODIES) or "i don't know" in text.lower()
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 """Reference refusal answers ("I don't know" / "I can't share that"), combined from parts so they are varied.
 
-Implant teaches them on unknown subjects; STAMP's refusal subspace is built from them.
+Implant teaches them on unknown subjects; STAMP's refusal subspace is built from them; `is_refusal` recognises them
+(and the usual "I don't know") in generated answers.
 """
 from __future__ import annotations
 
@@ -41,3 +42,10 @@ def refusal_references(n: int = 240, seed: int = 0) -> list[str]:
     if n > len(combos):
         raise ValueError(f"at most {len(combos)} refusal references can be generated, asked for {n}")
     return random.Random(seed).sample(combos, n)
+
+
+def is_refusal(text: str) -> bool:
+    """Whether a generated answer is a refusal: it contains one of the refusal bodies (their first 24 characters,
+    so a truncated generation still counts) or "I don't know"."""
+    low = text.lower()
+    return any(b.rstrip(".").lower()[:24] in low for b in BODIES) or "i don't know" in low
