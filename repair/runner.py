@@ -32,6 +32,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def implant_recipe(cfg: DictConfig) -> DictConfig:
+    """The patient's implant recipe with the task's epoch scale applied: a task may need more passes than the
+    patient's recipe gives (arbitrary multiple-choice associations do)."""
+    return OmegaConf.merge(cfg.implant, {
+        "epochs": max(1, round(cfg.implant.epochs * float(cfg.task.get("implant_epochs_scale", 1.0))))})
+
+
 def run(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     """Run one experiment described by a composed config; write results.json into `out_dir` and return it."""
     out_dir = Path(out_dir)
@@ -55,10 +62,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
              len(task.retain), len(task.retain_buffer), len(task.holdout))
 
     t0 = time.perf_counter()
-    # a task may need more passes than the patient's recipe gives (arbitrary multiple-choice associations do)
-    implant_cfg = OmegaConf.merge(cfg.implant, {
-        "epochs": max(1, round(cfg.implant.epochs * float(cfg.task.get("implant_epochs_scale", 1.0))))})
-    implant_report = implant(patient, task, implant_cfg, cfg.cache_dir)
+    implant_report = implant(patient, task, implant_recipe(cfg), cfg.cache_dir)
     runtime["implant"] = time.perf_counter() - t0
     log.info("implant: %s in %.1f s", "cache hit" if implant_report.get("cached") else "trained", runtime["implant"])
 
