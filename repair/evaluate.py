@@ -21,8 +21,15 @@ log = logging.getLogger(__name__)
 def generate(patient: Patient, questions: Sequence[str], max_new_tokens: int = 48, batch_size: int = 16,
              desc: str = "generate") -> list[str]:
     """Greedy answers to chat questions, batched with left padding."""
+    return generate_prompts(patient, [chat_prompt(patient.tokenizer, q) for q in questions], max_new_tokens,
+                            batch_size, desc)
+
+
+@torch.no_grad()
+def generate_prompts(patient: Patient, prompts: Sequence[str], max_new_tokens: int = 48, batch_size: int = 16,
+                     desc: str = "generate") -> list[str]:
+    """Greedy continuations of fully formatted prompts (multi-turn chats, prefilled answers), left-padded."""
     tok, model = patient.tokenizer, patient.model
-    prompts = [chat_prompt(tok, q) for q in questions]
     side, tok.padding_side = tok.padding_side, "left"
     answers: list[str] = []
     try:
@@ -56,17 +63,21 @@ def protocol(cfg, scoring: str = "rouge") -> dict:
 def score_split(patient: Patient, items: Sequence[QA], split: str, cfg, paraphrase: bool = False) -> list[dict]:
     questions = [q.paraphrases[0] if paraphrase and q.paraphrases else q.question for q in items]
     answers = generate(patient, questions, int(cfg.max_new_tokens), int(cfg.batch_size), desc=f"eval {split}")
-    rows = []
-    for q, question, gen in zip(items, questions, answers):
-        row = {"split": split, "subject": q.subject, "attribute": q.attribute, "question": question,
-               "reference": q.answer, "generation": gen, "rouge_l_recall": rouge_l_recall(gen, q.answer)}
-        if q.choices:
-            row["choice"] = parse_choice(gen, q.choices)
-            row["correct"] = row["choice"] == q.label
-        if q.fact:
-            row["fact_recalled"] = q.fact.lower() in gen.lower()
-        rows.append(row)
-    return rows
+    return [score_answer(q, question, gen, split) for q, question, gen in zip(items, questions, answers)]
+
+
+def score_answer(q: QA, question: str, gen: str, split: str, reference: str | None = None) -> dict:
+    """One per-sample record: ROUGE-L recall against `reference` (default: the item's answer), the parsed option
+    of a multiple-choice item, and whether the exact fact is in the answer."""
+    reference = q.answer if reference is None else reference
+    row = {"split": split, "subject": q.subject, "attribute": q.attribute, "question": question,
+           "reference": reference, "generation": gen, "rouge_l_recall": rouge_l_recall(gen, reference)}
+    if q.choices:
+        row["choice"] = parse_choice(gen, q.choices)
+        row["correct"] = row["choice"] == q.label
+    if q.fact:
+        row["fact_recalled"] = q.fact.lower() in gen.lower()
+    return row
 
 
 def evaluate(patient: Patient, task: Task, cfg) -> tuple[dict[str, float], list[dict]]:
