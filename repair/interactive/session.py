@@ -1,0 +1,330 @@
+"""A repair session: chat with the patient; every message passes the scope guard and the watchdog first.
+
+    message → scope guard → watchdog → (chat turn | surgeon → plan → scope guard → edit → verify → keep or roll back)
+
+Kept edits go to the ledger and stay applied (and are re-applied when a session on the same base model starts);
+`/revert ID` or `/undo` takes one back. Edits stack: reverting one that later edits were made on top of takes the
+later ones off, reverts it, and puts them back (each restore is bit-exact, so the weights equal base + the rest).
+"""
+from __future__ import annotations
+
+import logging
+import shlex
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from repair import patient as patients
+from repair.evaluate import generate
+from repair.implant import implant, implant_key
+from repair.interactive.extract import ForgetRequest, Turn
+from repair.interactive.ledger import Ledger
+from repair.interactive.llm import ChatModel
+from repair.interactive.plan import PlanRejected, RepairPlan
+from repair.interactive.scope import check_message, check_plan
+from repair.interactive.surgeon import Surgeon, build_surgeon
+from repair.interactive.transcript import Transcript
+from repair.interactive.verify import Budget, answer_all, pick_canaries, verify
+from repair.interactive.watchdog import Watchdog, build_watchdog
+from repair.methods import build_method
+from repair.patches import Patch, PatchRejected
+from repair.patient import Patient
+from repair.runner import implant_recipe, seed_everything
+from repair.tasks import QA, Task, build_task
+from repair.tasks.refusals import is_refusal
+
+log = logging.getLogger(__name__)
+
+HELP = """Commands:
+  /ledger                 list every edit (id, status, what was forgotten)
+  /show ID                one edit in full: request, plan, verification, latency
+  /revert ID              undo an edit (the model answers as before)
+  /undo                   undo the latest active edit
+  /export PATH [ID ...]   copy the ledger (or some entries) with their patches to a folder
+  /help                   this text
+  /quit                   end the session
+Anything else is a message to the patient; a request to forget something is detected and handled."""
+
+
+@dataclass
+class Reply:
+    """What the session says back: the patient's answer, or the repair system's report."""
+
+    role: str   # patient | repair
+    text: str
+    kind: str   # chat | applied | rolled_back | already_refuses | refused | rejected | command | error | quit
+    latency_s: dict[str, float] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class RepairSession:
+    def __init__(self, cfg: DictConfig, patient: Patient, task: Task, watchdog: Watchdog, surgeon: Surgeon,
+                 ledger: Ledger, transcript: Transcript | None = None):
+        self.cfg, self.patient, self.task = cfg, patient, task
+        self.watchdog, self.surgeon, self.ledger, self.transcript = watchdog, surgeon, ledger, transcript
+        self.budget = Budget.from_cfg(OmegaConf.to_container(cfg.verify, resolve=True))
+        self.method_cfg = OmegaConf.to_container(cfg.method, resolve=True)
+        self.chat_cfg = cfg.chat
+        self.history: list[Turn] = []
+        self.active: list[tuple[str, Patch]] = []  # applied edits, in the order they were applied
+
+    # ------------------------------------------------------------------------------------------------ the loop
+    def restore_ledger(self) -> list[str]:
+        """Re-apply the ledger's active edits (a new session continues where the last one stopped)."""
+        restored = []
+        for entry in self.ledger.entries("active"):
+            patch = self.ledger.load_patch(entry["id"])
+            patch.apply(self.patient.model)
+            self.active.append((entry["id"], patch))
+            restored.append(entry["id"])
+        if restored:
+            log.info("re-applied %d active edit(s) from the ledger: %s", len(restored), ", ".join(restored))
+        return restored
+
+    def handle(self, message: str) -> Reply:
+        """One user message → one reply (also written to the transcript)."""
+        message = message.strip()
+        self._record("user", message)
+        try:
+            reply = self._command(message) if message.startswith("/") else self._message(message)
+        except Exception as err:  # a failed step must never leave the chat (or the model) half-changed
+            log.exception("handling %r failed", message)
+            reply = Reply("repair", f"Something went wrong ({type(err).__name__}: {err}); nothing was changed.",
+                          "error")
+        self._record(reply.role, reply.text, kind=reply.kind, latency_s=reply.latency_s, **reply.data)
+        return reply
+
+    def _record(self, role: str, text: str, **data: Any) -> None:
+        if self.transcript is not None:
+            self.transcript.add(role, text, **data)
+
+    def answer(self, message: str) -> str:
+        return generate(self.patient, [message], max_new_tokens=int(self.chat_cfg.max_new_tokens), desc="chat")[0]
+
+    def _message(self, message: str) -> Reply:
+        latency: dict[str, float] = {}
+        t0 = time.perf_counter()
+        refusal = check_message(message, forget_request=False)
+        if refusal is not None:
+            return Reply("repair", f"I won't act on that: {refusal.reason}", "refused", data={"rule": refusal.rule})
+        request = self.watchdog.detect(message, self.history)
+        latency["watchdog"] = time.perf_counter() - t0
+        if request is None:
+            t0 = time.perf_counter()
+            answer = self.answer(message)
+            latency["answer"] = time.perf_counter() - t0
+            self.history.append(Turn(message, answer))
+            return Reply("patient", answer, "chat", latency)
+        detected = {"request": _request_dict(request)}
+        refusal = check_message(message, forget_request=True)
+        if refusal is not None:
+            return Reply("repair", f"I won't act on that: {refusal.reason}", "refused", latency,
+                         detected | {"rule": refusal.rule})
+        t0 = time.perf_counter()
+        try:
+            plan = self.surgeon.plan(request, self.history)
+        except PlanRejected as err:
+            latency["surgeon"] = time.perf_counter() - t0
+            return Reply("repair", f"I can't make a repair plan: {err} Nothing was changed.", "rejected", latency,
+                         detected)
+        latency["surgeon"] = time.perf_counter() - t0
+        refusal = check_plan(plan, message, self.history)
+        if refusal is not None:
+            return Reply("repair", f"I won't act on that: {refusal.reason}", "refused", latency,
+                         detected | {"rule": refusal.rule, "plan": plan.model_dump()})
+        return self.apply(plan, request, latency)
+
+    # ----------------------------------------------------------------------------------------- edit and verify
+    def apply(self, plan: RepairPlan, request: ForgetRequest | None = None,
+              latency: dict[str, float] | None = None) -> Reply:
+        """Patch the live patient according to `plan`, verify, and keep the edit or roll it back."""
+        latency = dict(latency or {})
+        started = time.perf_counter()
+        canaries = pick_canaries(self.task.retain, plan.subject, self.budget.num_canaries, int(self.cfg.seed))
+        t0 = time.perf_counter()
+        before = answer_all(self.patient, plan.probes, plan.paraphrases, canaries, self.budget.max_new_tokens)
+        latency["answers_before"] = time.perf_counter() - t0
+        entry: dict[str, Any] = {"request": _request_dict(request) if request else None, "target": plan.target,
+                                 "plan": plan.model_dump()}
+        if self.chat_cfg.skip_if_refusing and before.probes and all(map(is_refusal, before.probes)):
+            return Reply("repair", f"The model already refuses every probe about {plan.target}: there is nothing "
+                         "to forget, so nothing was changed.", "already_refuses", latency,
+                         {"probes": dict(zip(plan.probes, before.probes))})
+
+        t0 = time.perf_counter()
+        method_cfg = {**self.method_cfg, "name": plan.method, "layers": plan.layers}
+        if plan.rank is not None:
+            method_cfg["rank"] = plan.rank
+        subject = plan.subject
+        forget = [QA(q, a, subject) for q, a in zip(plan.probes, before.probes)]
+        buffer = [q for q in self.task.retain_buffer if not (subject and (q.subject == subject or subject in q.question))]
+        try:
+            method = build_method(method_cfg)
+            if hasattr(method, "prepare"):
+                method.prepare(self.task)
+            report = method.unlearn(self.patient, forget, buffer)
+        except (PatchRejected, ValueError) as err:
+            latency["edit"] = time.perf_counter() - t0
+            latency["total"] = time.perf_counter() - started
+            entry_id = self.ledger.add(entry | {"error": str(err), "latency_s": latency}, None, "rolled_back")
+            return Reply("repair", f"The edit for {plan.target} was refused before it touched the model: {err} "
+                         f"(ledger {entry_id}).", "rolled_back", latency, {"ledger_id": entry_id})
+        patch: Patch = method.patch
+        latency["edit"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        after = answer_all(self.patient, plan.probes, plan.paraphrases, canaries, self.budget.max_new_tokens)
+        check = verify(before, after, plan.probes, plan.paraphrases, canaries, self.budget)
+        latency["verify"] = time.perf_counter() - t0
+        entry |= {"verification": check.to_dict(), "edit": _edit_summary(report)}
+        if not check.passed:
+            patch.revert(self.patient.model)
+            latency["total"] = time.perf_counter() - started
+            entry_id = self.ledger.add(entry | {"latency_s": latency}, patch, "rolled_back")
+            return Reply("repair", f"I edited the model to forget {plan.target}, but verification failed: "
+                         f"{'; '.join(check.reasons)}. I rolled the edit back: the model is exactly as before "
+                         f"(ledger {entry_id}).", "rolled_back", latency,
+                         {"ledger_id": entry_id, "verification": check.summary()})
+        t0 = time.perf_counter()
+        entry_id = self.ledger.add(entry | {"latency_s": latency}, patch, "active")
+        self.active.append((entry_id, patch))
+        latency["ledger"] = time.perf_counter() - t0
+        latency["total"] = time.perf_counter() - started
+        self.ledger.get(entry_id)["latency_s"] = latency
+        example = f" Asked {plan.probes[0]!r}, it now says {after.probes[0]!r}." if plan.probes else ""
+        return Reply("repair", f"Forgotten: {plan.target} ({len(plan.probes)} probes; {check.summary()}).{example} "
+                     f"Undo with /revert {entry_id}.", "applied", latency,
+                     {"ledger_id": entry_id, "verification": check.summary(), "plan": plan.model_dump()})
+
+    def revert(self, entry_id: str) -> Reply:
+        t0 = time.perf_counter()
+        ids = [i for i, _ in self.active]
+        if entry_id not in ids:
+            status = self.ledger.get(entry_id)["status"]  # KeyError names the known ids
+            return Reply("repair", f"Edit {entry_id} is {status}, not active; nothing to revert.", "command")
+        k = ids.index(entry_id)
+        later = self.active[k + 1:]
+        for _, p in reversed(later):
+            p.revert(self.patient.model)
+        self.active[k][1].revert(self.patient.model)
+        for _, p in later:
+            p.apply(self.patient.model)
+        del self.active[k]
+        self.ledger.set_status(entry_id, "reverted", reapplied_after=[i for i, _ in later])
+        latency = {"revert": time.perf_counter() - t0}
+        plan = self.ledger.get(entry_id)["plan"]
+        t0 = time.perf_counter()
+        probe = plan["probes"][0]
+        now = self.answer(probe)
+        latency["answer"] = time.perf_counter() - t0
+        note = f" (edits {', '.join(i for i, _ in later)} were made after it and stay applied)" if later else ""
+        return Reply("repair", f"Reverted {entry_id}: {plan['target']} is known again{note}. Asked {probe!r}, it "
+                     f"says {now!r}.", "command", latency, {"ledger_id": entry_id})
+
+    # --------------------------------------------------------------------------------------------- commands
+    def _command(self, line: str) -> Reply:
+        try:
+            name, *args = shlex.split(line)
+        except ValueError as err:
+            return Reply("repair", f"Could not read the command ({err}).\n{HELP}", "error")
+        try:
+            if name in ("/quit", "/exit"):
+                return Reply("repair", "Bye.", "quit")
+            if name == "/help":
+                return Reply("repair", HELP, "command")
+            if name in ("/ledger", "/list"):
+                rows = [f"{e['id']}  {e['status']:<11}  {e['created']}  {e['target']}"
+                        + (f"  ({e['verification']['passed'] and 'verified' or 'failed verification'})"
+                           if e.get("verification") else "") for e in self.ledger.entries()]
+                return Reply("repair", "\n".join(rows) or "The ledger is empty: nothing was forgotten.", "command")
+            if name == "/show" and len(args) == 1:
+                return Reply("repair", _show(self.ledger.get(args[0])), "command")
+            if name == "/revert" and len(args) == 1:
+                return self.revert(args[0])
+            if name == "/undo" and not args:
+                if not self.active:
+                    return Reply("repair", "No active edit to undo.", "command")
+                return self.revert(self.active[-1][0])
+            if name == "/export" and args:
+                folder = self.ledger.export(args[0], args[1:] or None)
+                return Reply("repair", f"Exported {len(args[1:]) or len(self.ledger.entries())} ledger entries to "
+                             f"{folder}.", "command")
+        except KeyError as err:
+            return Reply("repair", str(err.args[0]), "error")
+        return Reply("repair", f"Unknown command or wrong arguments: {line!r}.\n{HELP}", "error")
+
+
+def _request_dict(request: ForgetRequest) -> dict[str, Any]:
+    return {"kind": request.kind, "target": request.target, "subject": request.subject,
+            "attributes": list(request.attributes), "score": round(float(request.score), 4),
+            "backend": request.backend, "notes": request.notes,
+            "pair": [request.pair.user, request.pair.patient] if request.pair else None}
+
+
+def _edit_summary(report: dict[str, Any]) -> dict[str, Any]:
+    per_layer = report.get("per_layer", {})
+    return {"layers": report.get("layers"), "timings_s": report.get("timings_s"),
+            "relative_norm": {str(l): round(v.get("relative_norm", 0.0), 4) for l, v in per_layer.items()},
+            "forget_residual": {str(l): round(v.get("forget_residual", 0.0), 4) for l, v in per_layer.items()}}
+
+
+def _show(entry: dict[str, Any]) -> str:
+    plan = entry.get("plan") or {}
+    lines = [f"{entry['id']} [{entry['status']}] {entry['created']}: {entry['target']}",
+             f"  request: {(entry.get('request') or {}).get('kind')} {(entry.get('request') or {}).get('target')!r}",
+             f"  plan: method {plan.get('method')}, layers {plan.get('layers')}, rank {plan.get('rank')}, "
+             f"{len(plan.get('probes', []))} probes, {len(plan.get('paraphrases', []))} paraphrases"]
+    for row in (entry.get("verification") or {}).get("rows", []):
+        mark = "refused" if row.get("refused") else ("changed" if row.get("changed") else "")
+        lines.append(f"  {row['role']:<10} {row['question']!r}: {row['before']!r} → {row['after']!r} {mark}")
+    if entry.get("verification"):
+        v = entry["verification"]
+        lines.append(f"  verification: {'passed' if v['passed'] else 'failed: ' + '; '.join(v['reasons'])}")
+    if entry.get("error"):
+        lines.append(f"  error: {entry['error']}")
+    if entry.get("latency_s"):
+        lines.append("  latency: " + ", ".join(f"{k} {v:.2f} s" for k, v in entry["latency_s"].items()))
+    return "\n".join(lines)
+
+
+def open_session(cfg: DictConfig, out_dir: str | Path | None = None, chat_model: ChatModel | None = None,
+                 patient: Patient | None = None, task: Task | None = None) -> RepairSession:
+    """Everything a chat needs, from a composed `conf/chat.yaml`: patient (implanted), task, watchdog, surgeon,
+    ledger (active edits re-applied) and transcript. `patient`/`task` may be passed in already implanted."""
+    seed = int(cfg.seed)
+    seed_everything(seed)
+    if cfg.get("threads"):
+        import torch
+
+        torch.set_num_threads(int(cfg.threads))
+    Budget.from_cfg(OmegaConf.to_container(cfg.verify, resolve=True))  # a bad budget fails before the slow steps
+    build_method(cfg.method)
+    t0 = time.perf_counter()
+    recipe = implant_recipe(cfg)
+    if patient is None or task is None:
+        patient = patients.load(cfg.patient, cfg.cache_dir)
+        task = build_task(cfg.task, seed)
+        implant(patient, task, recipe, cfg.cache_dir)
+    load_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    watchdog = build_watchdog(cfg.watchdog, str(cfg.cache_dir), patient, chat_model)
+    surgeon = build_surgeon(cfg.surgeon, patient.num_layers, patient, str(cfg.cache_dir), chat_model)
+    tools_s = time.perf_counter() - t0
+    # edits only make sense on the weights they were made on: one ledger per patient + task + implant recipe
+    base = f"{patient.name}-{task.name}-{implant_key(patient, task, OmegaConf.to_container(recipe, resolve=True))}"
+    ledger = Ledger(Path(str(cfg.ledger.dir)).expanduser() / base, base)
+    folder = Path(out_dir) if out_dir else Path(str(cfg.chat.out_dir)) / time.strftime("%Y-%m-%d_%H-%M-%S")
+    transcript = Transcript(folder, {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "patient": patient.name,
+                                     "task": task.name, "watchdog": cfg.watchdog.name, "surgeon": cfg.surgeon.name,
+                                     "method": cfg.method.name, "base": base, "ledger": str(ledger.folder),
+                                     "startup_s": {"patient_and_implant": round(load_s, 3),
+                                                   "watchdog_and_surgeon": round(tools_s, 3)},
+                                     "config": OmegaConf.to_container(cfg, resolve=True)})
+    session = RepairSession(cfg, patient, task, watchdog, surgeon, ledger, transcript)
+    restored = session.restore_ledger()
+    if restored:
+        transcript.add("system", f"re-applied active edits from the ledger: {', '.join(restored)}")
+    return session
