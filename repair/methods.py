@@ -15,7 +15,8 @@ from repair.tasks import QA
 
 METHODS: Registry = Registry("method")
 # modules whose import registers the built-in methods
-BUILTIN_MODULES = ("repair.methods", "repair.stamp", "baselines.ga")
+BUILTIN_MODULES = ("repair.methods", "repair.stamp", "baselines.ga", "baselines.npo", "baselines.rmu", "baselines.flat",
+                   "baselines.wga", "baselines.asu")
 
 
 class Method(Protocol):
