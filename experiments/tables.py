@@ -72,7 +72,7 @@ def task_metrics(runs: pd.DataFrame, task: str) -> list[str]:
     return scores + ["ppl", "time"]
 
 
-def _ordered(values: Sequence[Any], order: Sequence[Any]) -> list[Any]:
+def ordered(values: Sequence[Any], order: Sequence[Any]) -> list[Any]:
     known = [v for v in order if v in values]
     return known + sorted((v for v in values if v not in order), key=str)
 
@@ -106,7 +106,7 @@ def summarize(runs: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
         if col not in runs:
             raise ValueError(f"--by {key!r} is not a config key of these runs; e.g. method.rank, method.num_layers, "
                              "task.retain_buffer_ratio, task.forget_limit")
-    tasks = _ordered(list(runs["task"].dropna().unique()), TASK_ORDER)
+    tasks = ordered(list(runs["task"].dropna().unique()), TASK_ORDER)
     rows_keys = runs[["label", *by_cols]].drop_duplicates().itertuples(index=False, name=None)
     rows_keys = sorted(rows_keys, key=lambda r: (ROW_ORDER.index(r[0]) if r[0] in ROW_ORDER else len(ROW_ORDER),
                                                 str(r[0]), *(_sort_key(v) for v in r[1:])))
