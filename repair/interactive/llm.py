@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from repair.patient import Patient
 
 log = logging.getLogger(__name__)
+_LOADED: dict[str, Patient] = {}
 
 
 class ChatModel(Protocol):
@@ -48,7 +49,10 @@ def build_chat_model(spec: Any, patient: Patient | None, cache_dir: str, max_new
     if isinstance(spec, dict) and spec.get("source"):
         from repair import patient as patients
 
-        return PatientChat(patients.load(spec, cache_dir), max_new_tokens)
+        key = json.dumps(spec, sort_keys=True, default=str)
+        if key not in _LOADED:  # the watchdog and the surgeon may name the same model: load it once
+            _LOADED[key] = patients.load(spec, cache_dir)
+        return PatientChat(_LOADED[key], max_new_tokens)
     raise ValueError(f"unknown chat model {spec!r}; valid: 'patient' or a patient config with a 'source' "
                      "(e.g. {name: big, source: hf, name_or_path: /models/llama3-8b-instruct})")
 
