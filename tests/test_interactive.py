@@ -340,3 +340,15 @@ def test_repair_chat_runs_a_script_and_writes_a_transcript(implanted, cache_dir,
     assert [e["role"] for e in events] == ["user", "patient", "user", "repair", "user", "repair", "user", "repair"]
     with pytest.raises(FileNotFoundError, match="chat script '/nope.txt' does not exist"):
         main(["--script", "/nope.txt"])
+
+
+def test_an_error_during_verification_takes_the_edit_off(session_for, monkeypatch):
+    session = session_for(*TINY_EDIT)
+    before = weights(session.patient)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("verifier crashed")
+    monkeypatch.setattr("repair.interactive.session.verify", broken)
+    reply = session.handle(f"Forget {SUBJECT}.")
+    assert reply.kind == "error" and "verifier crashed" in reply.text
+    assert same_weights(session.patient, before) and session.active == []

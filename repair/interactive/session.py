@@ -176,8 +176,12 @@ class RepairSession:
         latency["edit"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        after = answer_all(self.patient, plan.probes, plan.paraphrases, canaries, self.budget.max_new_tokens)
-        check = verify(before, after, plan.probes, plan.paraphrases, canaries, self.budget)
+        try:
+            after = answer_all(self.patient, plan.probes, plan.paraphrases, canaries, self.budget.max_new_tokens)
+            check = verify(before, after, plan.probes, plan.paraphrases, canaries, self.budget)
+        except BaseException:  # an unverified edit never stays on the model (Ctrl-C included)
+            patch.revert(self.patient.model)
+            raise
         latency["verify"] = time.perf_counter() - t0
         entry |= {"verification": check.to_dict(), "edit": _edit_summary(report)}
         if not check.passed:
