@@ -86,9 +86,11 @@ def sweep_grid(multirun_yaml: str | Path) -> tuple[dict[str, Any], list[dict[str
     params = (hydra.get("sweeper") or {}).get("params") or {}
     overrides = [f"{k}={v}" for k, v in params.items()] + list((hydra.get("overrides") or {}).get("task") or [])
     swept: dict[str, list[str]] = {}
-    for override in OverridesParser.create().parse_overrides(overrides):
-        if override.is_sweep_override():  # later ones win, as in Hydra's basic sweeper
+    for override in OverridesParser.create().parse_overrides(overrides):  # later ones win, as in Hydra's sweeper
+        if override.is_sweep_override():
             swept[override.key_or_group] = [str(v) for v in override.sweep_string_iterator()]
+        else:  # a single value on the command line replaces a recipe's list
+            swept.pop(override.key_or_group, None)
     base = OmegaConf.to_container(OmegaConf.masked_copy(conf, [k for k in conf if k != "hydra"]), resolve=False)
     jobs = [dict(zip(swept, combo)) for combo in itertools.product(*swept.values())]
     return base, jobs

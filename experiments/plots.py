@@ -123,11 +123,12 @@ def ablation_curve(runs: pd.DataFrame, out: Path, name: str) -> list[Path]:
     for j, task in enumerate(tasks):
         f_col, r_col, f_name, r_name = _scores(runs, task)
         sub = runs[runs["task"] == task]
-        for label in ordered(list(sub["label"].unique()), ROW_ORDER):
+        for k, label in enumerate(ordered(list(sub["label"].unique()), ROW_ORDER)):
             stats = sub[sub["label"] == label].groupby(column)[[f_col, r_col, "runtime_s/unlearn"]].mean().sort_index()
-            axes[0][j].plot(stats.index, stats[f_col], "o--", label=f"{label} forget")
-            axes[0][j].plot(stats.index, stats[r_col], "o-", label=f"{label} retain")
-            axes[1][j].plot(stats.index, stats["runtime_s/unlearn"], "o-", label=label)
+            color = f"C{k}"
+            axes[0][j].plot(stats.index, stats[f_col], "o--", color=color, label=f"{label} forget")
+            axes[0][j].plot(stats.index, stats[r_col], "o-", color=color, label=f"{label} retain")
+            axes[1][j].plot(stats.index, stats["runtime_s/unlearn"], "o-", color=color, label=label)
         axes[0][j].set(title=task, ylabel=f"{f_name} (dashed) / {r_name} (solid)")
         axes[1][j].set(xlabel=xlabel, ylabel="unlearning time (s)")
         for ax in (axes[0][j], axes[1][j]):
@@ -145,6 +146,9 @@ def sequential_drift(runs: pd.DataFrame, out: Path) -> list[Path]:
         return []
     rows = []
     for _, r in runs[runs["sequence"].notna()].iterrows():
+        before = {c: r[c] for c in runs.columns if c.startswith("before/") and not c.startswith("before/f")}
+        rows.append({"label": r["label"], "task": r["task"], "request": 0,  # before any request: the drift's origin
+                     **{c.replace("before/", "after/"): v for c, v in before.items()}})
         for step in json.loads(r["sequence"]):
             rows.append({"label": r["label"], "task": r["task"], "request": step["request"],
                          **{f"after/{k}": v for k, v in step["metrics"].items()}})
@@ -154,15 +158,17 @@ def sequential_drift(runs: pd.DataFrame, out: Path) -> list[Path]:
     for j, task in enumerate(tasks):
         f_col, r_col, f_name, r_name = _scores(steps, task)
         sub = steps[steps["task"] == task]
-        for label in ordered(list(sub["label"].unique()), ROW_ORDER):
+        for k, label in enumerate(ordered(list(sub["label"].unique()), ROW_ORDER)):
             stats = sub[sub["label"] == label].groupby("request").mean(numeric_only=True)
-            axes[0][j].plot(stats.index, stats[f_col], "o--", label=f"{label} forget (so far)")
-            axes[0][j].plot(stats.index, stats[r_col], "o-", label=f"{label} retain")
+            color = f"C{k}"
+            axes[0][j].plot(stats.index, stats[f_col], "o--", color=color, label=f"{label} forget (requested so far)")
+            axes[0][j].plot(stats.index, stats[r_col], "o-", color=color, label=f"{label} retain")
             if "after/ppl" in stats:
-                axes[1][j].plot(stats.index, stats["after/ppl"], "o-", label=label)
+                axes[1][j].plot(stats.index, stats["after/ppl"], "o-", color=color, label=label)
         axes[0][j].set(title=task, ylabel=f"{f_name} (dashed) / {r_name} (solid)")
-        axes[1][j].set(xlabel="unlearning request", ylabel="utility perplexity ↓")
+        axes[1][j].set(xlabel="unlearning requests so far (0: before)", ylabel="utility perplexity ↓")
         for ax in (axes[0][j], axes[1][j]):
+            ax.set_xticks(sorted(sub["request"].unique()))
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
     return _save(fig, out, "sequential_drift")

@@ -204,11 +204,21 @@ def _write_text(path: Path, text: str) -> None:
         tmp.write_text(text)
 
 
-def write_tables(root: str | Path, out: str | Path | None = None, name: str = "table2",
+def sweep_name(root: str | Path) -> str:
+    """The recipe's `group` (table2, ablation_rank, ...) from the sweep's multirun.yaml, else 'table'."""
+    for sweep_file in sorted(Path(root).rglob("multirun.yaml")):
+        base, _ = sweep_grid(sweep_file)
+        if isinstance(base.get("group"), str):
+            return base["group"]
+    return "table"
+
+
+def write_tables(root: str | Path, out: str | Path | None = None, name: str | None = None,
                  by: Sequence[str] | None = None) -> dict[str, Any]:
     """Read the runs below `root`, write `<name>.md/.tex/.csv` into `out` (default `<root>/tables`)."""
     root = Path(root)
     out = Path(out) if out else root / "tables"
+    name = name or sweep_name(root)
     runs = load_runs(root)
     by = list(ablation_keys(root) if by is None else by)
     table = summarize(runs, by)
@@ -225,7 +235,8 @@ def write_tables(root: str | Path, out: str | Path | None = None, name: str = "t
     log.info("wrote %s (%d completed, %d failed, %d missing runs)", ", ".join(map(str, paths.values())),
              int((runs["status"] == "ok").sum()), int((runs["status"] == "failed").sum()),
              int((runs["status"] == "missing").sum()))
-    return {"paths": paths, "table": table, "markdown": markdown, "latex": latex, "runs": runs, "by": by}
+    return {"paths": paths, "table": table, "markdown": markdown, "latex": latex, "runs": runs, "by": by,
+            "name": name}
 
 
 def log_to_wandb(result: dict[str, Any], root: str | Path, name: str, project: str = "repair",
@@ -237,7 +248,7 @@ def log_to_wandb(result: dict[str, Any], root: str | Path, name: str, project: s
     wide = _wide(result["table"], result["by"], latex=False)
     wide.columns = [m if not t else f"{t} {m}" for t, m in wide.columns]
     run = wandb.init(project=project, name=f"{name}-{Path(root).name}", job_type="table", mode=mode,
-                     dir=str(Path(result["paths"]["md"]).parent), config={"sweep_dir": str(root)},
+                     dir=str(root), config={"sweep_dir": str(root)},  # beside the runs, not in --out (docs/)
                      reinit="finish_previous")
     try:
         run.log({name: wandb.Table(dataframe=wide.astype(str)),
@@ -252,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("root", help="a sweep folder (or any folder holding results.json files below it)")
     parser.add_argument("--out", help="where the tables go (default: <root>/tables)")
-    parser.add_argument("--name", default="table2", help="file name stem (default: table2)")
+    parser.add_argument("--name", help="file name stem (default: the recipe's group, e.g. table2, else 'table')")
     parser.add_argument("--by", nargs="*", default=None,
                         help="config keys that make extra rows (default: what the sweep varies besides method, "
                              "task and seed; give none for the plain methods × tasks table)")
@@ -264,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     result = write_tables(args.root, args.out, args.name, args.by)
     sys.stdout.write(result["markdown"] + "\n")  # the table is the command's output, not a log message
     if (args.wandb_mode or os.environ.get("WANDB_MODE")) != "disabled":
-        log_to_wandb(result, args.root, args.name, args.project, args.wandb_mode)
+        log_to_wandb(result, args.root, result["name"], args.project, args.wandb_mode)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from experiments import plots, tables
-from experiments.collect import load_runs
+from experiments.collect import load_runs, sweep_grid
 from repair.io import cached_dir
 from repair.methods import build_method
 from repair.resume import completed_results
@@ -112,6 +112,7 @@ def hand_made(tmp_path) -> Path:
         method: {name: ga}
         task: {name: pii}
         seed: 0
+        group: table2
         """))  # stamp on pii (seeds 0 and 1) never started
     return root
 
@@ -153,7 +154,22 @@ def test_table_writer_on_hand_made_folder(hand_made, tmp_path, caplog, monkeypat
     csv = (out / "table2.csv").read_text().splitlines()
     assert csv[0] == "method,task,metric,mean,std,n_ok,n_failed,n_missing,n_runs,best"
     assert "STAMP,harmful,acc_f,0.0,,1,1,0,2,True" in csv
-    assert list(out.glob("wandb/offline-run-*/run-*.wandb"))  # the table went to W&B (offline)
+    assert list(hand_made.glob("wandb/offline-run-*/run-*.wandb"))  # the table went to W&B (offline), beside the runs
+
+
+def test_sweep_grid_follows_command_line_overrides(tmp_path):
+    """A single value on the command line replaces the recipe's list; a list replaces it too (as Hydra does)."""
+    (tmp_path / "multirun.yaml").write_text(textwrap.dedent("""\
+        hydra:
+          sweeper:
+            params: {method: 'none,ga,stamp', task: 'harmful,pii', seed: '0,1,2'}
+          overrides:
+            task: [patient=tiny, task=pii, 'seed=0,1', 'method.rank=16,64']
+        """))
+    _, jobs = sweep_grid(tmp_path / "multirun.yaml")
+    assert jobs[:2] == [{"method": "none", "seed": "0", "method.rank": "16"},
+                        {"method": "none", "seed": "0", "method.rank": "64"}]
+    assert len(jobs) == 3 * 2 * 2 and all("task" not in j for j in jobs)
 
 
 def test_table_rows_per_ablation_value(tmp_path):
