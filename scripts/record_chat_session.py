@@ -82,7 +82,7 @@ def main() -> None:
         f"- the forget request was **{forget.kind}**" + (f" ({forget.data.get('verification')})"
                                                            if forget.data.get("verification") else ""),
         f"- the model refuses afterwards: **{'yes' if refused_after else 'no'}**",
-        f"- `/undo` restores the original answer: **{'yes' if restored else 'no'}**",
+        f"- `/undo` restores the original answer: **{('yes' if restored else 'no') if forget.kind == 'applied' else 'n/a (nothing was kept)'}**",
         "",
         *rows,
         "",
