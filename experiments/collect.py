@@ -70,8 +70,11 @@ def _job_config(job_dir: Path) -> dict[str, Any]:
 
 
 def _gap_row(config: dict[str, Any], status: str, path: str, reason: str) -> dict[str, Any]:
-    row: dict[str, Any] = {"method": (config.get("method") or {}).get("name"), "task": (config.get("task") or {}).get("name"),
-                           "patient": (config.get("patient") or {}).get("name"), "seed": config.get("seed"),
+    def name(group: str) -> Any:
+        return (config.get(group) or {}).get("name")
+
+    row: dict[str, Any] = {"method": name("method"), "task": name("task"), "patient": name("patient"),
+                           "seed": config.get("seed"),
                            "oracle": bool((config.get("implant") or {}).get("oracle", False)), "path": path,
                            "status": status, "reason": reason}
     return row | {f"cfg/{k}": v for k, v in flatten(config).items()}
@@ -120,7 +123,8 @@ def load_runs(root: str | Path, expected: bool = True) -> pd.DataFrame:
     if not root.exists():
         raise FileNotFoundError(f"no such results folder: {root}")
     rows: list[dict[str, Any]] = []
-    job_dirs = {p.parent.parent for p in root.rglob(".hydra/config.yaml")} | {p.parent for p in root.rglob("results.json")}
+    job_dirs = {p.parent.parent for p in root.rglob(".hydra/config.yaml")}
+    job_dirs |= {p.parent for p in root.rglob("results.json")}
     for job_dir in sorted(job_dirs):
         path = job_dir / "results.json"
         reason = ""

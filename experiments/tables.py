@@ -1,4 +1,4 @@
-"""The paper's Table 2 layout from a sweep folder: methods × tasks, mean ± std over seeds, best value per column marked.
+"""The paper's Table 2 layout from a sweep folder: methods × tasks, mean ± std over seeds, best per column marked.
 
     python -m experiments.tables outputs/sweeps/table2/smollm2_135m --out docs/results
 
@@ -121,7 +121,8 @@ def summarize(runs: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
             counts = {s: int((cell["status"] == s).sum()) for s in ("ok", "failed", "missing")}
             for name in task_metrics(runs, task):
                 metric = METRICS[name]
-                values = pd.to_numeric(ok[metric.column], errors="coerce").dropna() if metric.column in ok else pd.Series(dtype=float)
+                column = ok[metric.column] if metric.column in ok else pd.Series(dtype=float)
+                values = pd.to_numeric(column, errors="coerce").dropna()
                 out.append({"method": key[0], **dict(zip(by, key[1:])), "task": task, "metric": name,
                             "mean": values.mean() if len(values) else math.nan,
                             "std": values.std(ddof=1) if len(values) > 1 else math.nan,
