@@ -78,17 +78,13 @@ class AttentionSmoothing:
                  self.cfg["temperature"], nll, len(self.teacher), size_mb)
         return {"teacher_mb": round(size_mb, 1), "teacher_forget_nll": nll}
 
-    def loss(self, model, forget_batch, retain_batch):
+    def loss(self, model, forget_batch):
         logits, rows = losses.answer_logits(model, forget_batch)
         teacher = torch.cat([self.teacher[i] for i in forget_batch["index"].tolist()]).to(logits.device)
         n = forget_batch["input_ids"].shape[0]
         total = losses.distillation_kl(logits, teacher, rows, n)
         token_nll = F.cross_entropy(logits.detach(), _answer_targets(forget_batch), reduction="none")
         logs = {"kl": total.item(), "forget_nll": float(losses.row_mean(token_nll, rows, n).mean())}
-        if retain_batch is not None:
-            retain = losses.nll(model, retain_batch)
-            total = total + float(self.cfg["retain_weight"]) * retain
-            logs["retain_nll"] = retain.item()
         return total, logs
 
     def unlearn(self, patient, forget, retain_buffer):

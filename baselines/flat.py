@@ -37,16 +37,12 @@ class FLAT:
         self.templates = encode_examples(patient, pairs, self.cfg)
         return {"templates": len(self.templates)}
 
-    def loss(self, model, forget_batch, retain_batch):
+    def loss(self, model, forget_batch):
         template_batch = make_batch(self.patient, [self.templates[i] for i in forget_batch["index"].tolist()])
         p_forget, nll_forget = losses.mean_answer_prob(model, forget_batch)
         p_template, nll_template = losses.mean_answer_prob(model, template_batch)
         total = losses.flat_loss(p_template, p_forget, self.cfg["divergence"])
         logs = {"forget_nll": float(nll_forget.detach().mean()), "template_nll": float(nll_template.detach().mean())}
-        if retain_batch is not None:
-            retain = losses.nll(model, retain_batch)
-            total = total + float(self.cfg["retain_weight"]) * retain
-            logs["retain_nll"] = retain.item()
         return total, logs
 
     def unlearn(self, patient, forget, retain_buffer):

@@ -15,15 +15,10 @@ class GradientAscent:
         check_hparams(cfg)  # fail at construction, before the patient is loaded
         self.cfg = cfg
 
-    def loss(self, model, forget_batch, retain_batch):
+    def loss(self, model, forget_batch):
+        """The forget term; the trainer adds `retain_weight` × retain NLL (GradDiff)."""
         ascent = losses.gradient_ascent(model, forget_batch)
-        logs = {"forget_nll": -ascent.item()}
-        total = ascent
-        if retain_batch is not None:
-            retain = losses.nll(model, retain_batch)
-            total = total + float(self.cfg["retain_weight"]) * retain
-            logs["retain_nll"] = retain.item()
-        return total, logs
+        return ascent, {"forget_nll": -ascent.item()}
 
     def unlearn(self, patient, forget, retain_buffer):
         return run_unlearning(patient, forget, retain_buffer, self.cfg, self.loss, desc="ga")

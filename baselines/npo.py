@@ -34,7 +34,7 @@ class NPO:
         self.ref_logp = ref
         return {"reference_logp_mean": float(ref.mean())}
 
-    def loss(self, model, forget_batch, retain_batch):
+    def loss(self, model, forget_batch):
         logprobs, rows = answer_token_logprobs(model, forget_batch)
         n = forget_batch["input_ids"].shape[0]
         logp = losses.row_sum(logprobs, rows, n)
@@ -42,10 +42,6 @@ class NPO:
         total = losses.npo_loss(logp, ref, float(self.cfg["beta"]))
         logs = {"forget_nll": float(-losses.row_mean(logprobs.detach(), rows, n).mean()),
                 "log_ratio": float((logp.detach() - ref).mean())}
-        if retain_batch is not None:
-            retain = losses.nll(model, retain_batch)
-            total = total + float(self.cfg["retain_weight"]) * retain
-            logs["retain_nll"] = retain.item()
         return total, logs
 
     def unlearn(self, patient, forget, retain_buffer):

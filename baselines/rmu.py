@@ -62,7 +62,7 @@ class RMU:
             logprobs, rows = answer_token_logprobs(model, batch)
         return store[-1], logprobs, rows
 
-    def prepare(self, patient, module, forget_examples: list[dict], retain_examples: list[dict]) -> dict:
+    def prepare_activations(self, patient, module, forget_examples: list[dict], retain_examples: list[dict]) -> dict:
         """The control vector c·u and the frozen retain activations, from the untouched patient."""
         bs = int(self.cfg["batch_size"])
         norms = []
@@ -82,22 +82,22 @@ class RMU:
                 self.frozen_retain[idx] = hidden[row, :lengths[row]].detach().clone()
         return {"forget_activation_norm": mean_norm, "control_norm": coef}
 
-    def loss(self, model, forget_batch, retain_batch):
+    def loss(self, model, forget_batch):
         hidden, logprobs, rows = self._hidden(model, forget_batch, self.module)
         forget = losses.activation_mse(hidden, self.control, losses.answer_positions(forget_batch))
         n = forget_batch["input_ids"].shape[0]
-        logs = {"forget_mse": forget.item(), "forget_nll": float(-losses.row_mean(logprobs.detach(), rows, n).mean())}
-        total = forget
-        if retain_batch is not None:
-            hidden_r, _, _ = self._hidden(model, retain_batch, self.module)
-            target = torch.zeros_like(hidden_r)
-            for row, idx in enumerate(retain_batch["index"].tolist()):
-                frozen = self.frozen_retain[idx]
-                target[row, :frozen.shape[0]] = frozen
-            retain = losses.activation_mse(hidden_r, target, losses.answer_positions(retain_batch))
-            total = total + float(self.cfg["retain_weight"]) * retain
-            logs["retain_mse"] = retain.item()
-        return total, logs
+        return forget, {"forget_mse": forget.item(),
+                        "forget_nll": float(-losses.row_mean(logprobs.detach(), rows, n).mean())}
+
+    def retain_loss(self, model, retain_batch):
+        """MSE between the retain activations and the frozen patient's, at layer ℓ."""
+        hidden, _, _ = self._hidden(model, retain_batch, self.module)
+        target = torch.zeros_like(hidden)
+        for row, idx in enumerate(retain_batch["index"].tolist()):
+            frozen = self.frozen_retain[idx]
+            target[row, :frozen.shape[0]] = frozen
+        retain = losses.activation_mse(hidden, target, losses.answer_positions(retain_batch))
+        return retain, {"retain_mse": retain.item()}
 
     def unlearn(self, patient, forget, retain_buffer):
         layer = patient.layer_indices([self.cfg["layer"]], "method.layer")[0]
@@ -106,4 +106,5 @@ class RMU:
             cfg["train_layers"] = [i for i in (layer - 2, layer - 1, layer) if i >= 0]
         self.module = patient.module("layers", layer)
         return run_unlearning(patient, forget, retain_buffer, cfg, self.loss, desc="rmu",
-                              prepare=lambda f, r: self.prepare(patient, self.module, f, r))
+                              prepare=lambda f, r: self.prepare_activations(patient, self.module, f, r),
+                              retain_loss=self.retain_loss)

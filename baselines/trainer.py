@@ -1,9 +1,12 @@
 """One training loop for every gradient-based baseline: forget/retain batching, optimiser, schedule,
 gradient accumulation, a forget-loss stopping rule, a progress bar and the phase's peak memory.
 
-A method supplies `loss_fn(model, forget_batch, retain_batch) -> (loss, logs)`; batches carry `index` (the row of
-each example in its split) so a method can look up what it computed once before training (`prepare`), e.g. NPO's
-reference log-probabilities or ASU's teacher distributions, instead of keeping a second model in memory.
+A method supplies `forget_loss(model, forget_batch) -> (loss, logs)`; with `retain_weight > 0` the trainer adds
+`retain_weight` × `retain_loss(model, retain_batch)` (the retain-buffer NLL unless the method brings its own, as
+RMU does). The two terms are backpropagated one after the other, so only one of their graphs is held at a time.
+Batches carry `index` (the row of each example in its split) so a method can look up what it computed once before
+training (`prepare`), e.g. NPO's reference log-probabilities or ASU's teacher distributions, instead of keeping a
+second model in memory.
 """
 from __future__ import annotations
 
@@ -17,14 +20,14 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from baselines.memory import PeakMemory
-from repair.data import collate, encode
+from repair.data import answer_nll, collate, encode
 from repair.patient import Patient
 from repair.progress import progress
 from repair.tasks import QA
 
 log = logging.getLogger(__name__)
 
-LossFn = Callable[[torch.nn.Module, dict, dict | None], tuple[torch.Tensor, dict[str, float]]]
+LossFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, dict[str, float]]]
 # called once before training, under no_grad, with the encoded forget and retain examples; may return report items
 PrepareFn = Callable[[list[dict], list[dict]], dict[str, Any] | None]
 SCHEDULES = ("constant", "linear")
@@ -114,13 +117,19 @@ def _shuffled(examples: list[dict], batch_size: int, rng: random.Random) -> Iter
             yield [examples[i] for i in order[start:start + batch_size]]
 
 
-def run_unlearning(patient: Patient, forget: list[QA], retain: list[QA], cfg: dict, loss_fn: LossFn, desc: str,
-                   prepare: PrepareFn | None = None) -> dict[str, Any]:
-    """Optimise `loss_fn(model, forget_batch, retain_batch)` for up to `max_steps` optimiser steps.
+def retain_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    """The default retain term: mean answer NLL of the retain batch (GradDiff, NPO+RT, ASU_GD)."""
+    loss = answer_nll(model, batch).mean()
+    return loss, {"retain_nll": loss.item()}
 
-    The retain batch is None unless `retain_weight > 0` and a retain buffer exists. Training stops early once the
-    logged `forget_nll` passes `stop_forget_nll` (when set). The report holds the per-step logs, the wall time and
-    the peak memory of this phase (`memory`).
+
+def run_unlearning(patient: Patient, forget: list[QA], retain: list[QA], cfg: dict, forget_loss: LossFn, desc: str,
+                   prepare: PrepareFn | None = None, retain_loss: LossFn = retain_nll) -> dict[str, Any]:
+    """Minimise `forget_loss + retain_weight * retain_loss` for up to `max_steps` optimiser steps.
+
+    The retain term is used when `retain_weight > 0` and a retain buffer exists. Training stops early once the
+    logged `forget_nll` passes `stop_forget_nll` (when set). The report holds the per-step logs, the wall and CPU
+    time and the peak memory of this phase (`memory`).
     """
     check_hparams(cfg)
     if not forget:
@@ -136,12 +145,13 @@ def run_unlearning(patient: Patient, forget: list[QA], retain: list[QA], cfg: di
     schedule = cfg.get("schedule", "constant")
     warmup = int(round(float(cfg.get("warmup_ratio", 0.0)) * steps))
     stop_nll = cfg.get("stop_forget_nll")
+    weight = float(cfg.get("retain_weight", 0.0))
     history: list[dict[str, float]] = []
     report: dict[str, Any] = {}
     with PeakMemory() as memory:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         forget_examples = encode_examples(patient, forget, cfg)
-        use_retain = bool(retain) and float(cfg.get("retain_weight", 0.0)) > 0
+        use_retain = bool(retain) and weight > 0
         retain_examples = encode_examples(patient, retain, cfg) if use_retain else []
         for p in model.parameters():
             p.requires_grad_(False)
@@ -159,18 +169,22 @@ def run_unlearning(patient: Patient, forget: list[QA], retain: list[QA], cfg: di
         bar = progress(range(steps), desc=desc)
         try:
             for _ in bar:
-                logs: dict[str, float] = {}
                 for _ in range(accum):
-                    f_batch = make_batch(patient, next(forget_batches))
+                    terms = [(forget_loss, next(forget_batches), 1.0)]
                     r_raw = next(retain_batches)
-                    r_batch = make_batch(patient, r_raw) if r_raw is not None else None
-                    loss, logs = loss_fn(model, f_batch, r_batch)
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(f"{desc}: loss is {loss.item()} at step {len(history)}; "
-                                                 f"lower method.lr (now {cfg['lr']})")
-                    (loss / accum).backward()
+                    if r_raw is not None:
+                        terms.append((retain_loss, r_raw, weight))
+                    total, logs = 0.0, {}
+                    for loss_fn, raw, scale in terms:  # one backward per term: one graph held at a time
+                        loss, term_logs = loss_fn(model, make_batch(patient, raw))
+                        if not torch.isfinite(loss):
+                            raise FloatingPointError(f"{desc}: loss is {loss.item()} at step {len(history)}; "
+                                                     f"lower method.lr (now {cfg['lr']})")
+                        (scale * loss / accum).backward()
+                        total += scale * loss.item()
+                        logs |= term_logs
                 torch.nn.utils.clip_grad_norm_(params, float(cfg.get("max_grad_norm", 1.0)))
-                logs = {"loss": float(loss.item()), **logs, "lr": sched.get_last_lr()[0]}
+                logs = {"loss": total, **logs, "lr": sched.get_last_lr()[0]}
                 opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
@@ -184,8 +198,10 @@ def run_unlearning(patient: Patient, forget: list[QA], retain: list[QA], cfg: di
             model.eval()
             for p in model.parameters():
                 p.requires_grad_(False)
-        train_seconds = time.perf_counter() - started
+        train_seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     stopped = stop_nll is not None and bool(history) and history[-1].get("forget_nll", -math.inf) > float(stop_nll)
-    return {"steps": len(history), "train_seconds": train_seconds, "stopped_early": stopped,
+    # CPU seconds (all threads) next to wall seconds: on a shared machine the wall clock measures the neighbours too
+    return {"steps": len(history), "train_seconds": train_seconds, "train_cpu_seconds": cpu_seconds,
+            "stopped_early": stopped,
             "final": history[-1] if history else {}, "history": history,
             "trained_parameters": sum(p.numel() for p in params), "memory": memory.report(), **report}

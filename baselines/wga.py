@@ -1,9 +1,9 @@
 """WGA — Weighted Gradient Ascent (Wang, Zhou, Zhou, Shin, Han & Weinberger, 2025, "Rethinking LLM Unlearning
 Objectives: A Gradient Perspective and Go Beyond", ICLR 2025, arXiv 2502.19301).
 
-Loss: mean over forget answer tokens of w_t · log p_θ(y_t | x, y_<t) with w_t = p_θ(y_t | ·)^β, detached — GA whose
-per-token pull fades as a token is forgotten, so the model is not driven on into collapse. `retain_weight > 0`
-adds the retain-buffer NLL. β = 1 as in the authors' setup.
+Loss: mean over forget answer tokens of w_t · log p_θ(y_t | x, y_<t) with w_t = p_θ(y_t | ·)^β, detached — GA
+whose per-token pull fades as a token is forgotten, so the model is not driven on into collapse.
+`retain_weight > 0` adds the retain-buffer NLL. β = 1 as in the authors' setup.
 """
 from __future__ import annotations
 
@@ -22,15 +22,11 @@ class WeightedGradientAscent:
         check_positive(cfg, "beta")
         self.cfg = cfg
 
-    def loss(self, model, forget_batch, retain_batch):
+    def loss(self, model, forget_batch):
         logprobs, rows = answer_token_logprobs(model, forget_batch)
         total = losses.wga_loss(logprobs, float(self.cfg["beta"]))
         n = forget_batch["input_ids"].shape[0]
         logs = {"forget_nll": float(-losses.row_mean(logprobs.detach(), rows, n).mean())}
-        if retain_batch is not None:
-            retain = losses.nll(model, retain_batch)
-            total = total + float(self.cfg["retain_weight"]) * retain
-            logs["retain_nll"] = retain.item()
         return total, logs
 
     def unlearn(self, patient, forget, retain_buffer):
