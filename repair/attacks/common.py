@@ -1,8 +1,13 @@
-"""What every attack shares: validated settings, the forget score of a set of answers, and sample limits."""
+"""What every attack shares: validated settings, the forget score of a set of answers, sample limits, and the
+likelihood of reference answers."""
 from __future__ import annotations
 
 from typing import Any, Sequence
 
+import torch
+
+from repair.data import answer_suffix, answer_token_logprobs, collate, encode
+from repair.patient import Patient
 from repair.tasks import QA, Task
 
 
@@ -50,3 +55,33 @@ def limited(items: Sequence[QA], eval_cfg: dict) -> list[QA]:
 def examples(rows: Sequence[dict], k: int = 2) -> list[dict]:
     """A few generations to read beside the numbers."""
     return [{key: r[key] for key in ("question", "reference", "generation") if key in r} for r in rows[:k]]
+
+
+@torch.no_grad()
+def answer_logprobs(patient: Patient, items: Sequence[QA], batch_size: int = 16) -> list[torch.Tensor]:
+    """Per item, the log-probabilities of its reference answer's tokens (chat template, question as context)."""
+    examples = encode(patient.tokenizer, items)
+    out: list[torch.Tensor] = []
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start:start + batch_size]
+        logprobs, rows = answer_token_logprobs(patient.model, collate(chunk, patient.tokenizer.pad_token_id,
+                                                                      patient.device))
+        out += [logprobs[rows == i].cpu() for i in range(len(chunk))]
+    return out
+
+
+def fact_nll(patient: Patient, items: Sequence[QA], batch_size: int = 16) -> float:
+    """Mean negative log-likelihood of the facts' own tokens (the whole answer where an item has no fact): a
+    graded view of recovery that moves before exact recall does, and that the answer's template cannot lower."""
+    tok = patient.tokenizer
+    suffix = answer_suffix(tok)
+    values = []
+    for q, logprobs in zip(items, answer_logprobs(patient, items, batch_size)):
+        start = q.answer.find(q.fact) if q.fact else -1
+        if start >= 0:
+            end = start + len(q.fact)
+            offsets = tok(q.answer + suffix, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+            keep = [j for j, (a, b) in enumerate(offsets[: len(logprobs)]) if a < end and b > start]
+            logprobs = logprobs[keep]
+        values.append(float(-logprobs.mean()))
+    return sum(values) / max(len(values), 1)

@@ -12,31 +12,22 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
-import torch
 from sklearn.metrics import roc_auc_score
 
 from repair.attacks import AttackContext, register_attack
-from repair.attacks.common import check, limited, settings
-from repair.data import answer_token_logprobs, collate, encode
+from repair.attacks.common import answer_logprobs, check, limited, settings
 from repair.patient import Patient
 from repair.tasks import QA
 
 DEFAULTS = {"k_percent": 20.0, "oracle_auc": None, "batch_size": 16}
 
 
-@torch.no_grad()
 def min_k_scores(patient: Patient, items: Sequence[QA], k_percent: float, batch_size: int = 16) -> list[float]:
     """Min-K% Prob of each item's answer tokens given its question."""
-    examples = encode(patient.tokenizer, items)
-    scores: list[float] = []
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start:start + batch_size]
-        logprobs, rows = answer_token_logprobs(patient.model, collate(chunk, patient.tokenizer.pad_token_id,
-                                                                      patient.device))
-        for i in range(len(chunk)):
-            values = logprobs[rows == i].sort().values
-            k = max(1, math.ceil(len(values) * k_percent / 100.0))
-            scores.append(float(values[:k].mean()))
+    scores = []
+    for logprobs in answer_logprobs(patient, items, batch_size):
+        k = max(1, math.ceil(len(logprobs) * k_percent / 100.0))
+        scores.append(float(logprobs.sort().values[:k].mean()))
     return scores
 
 

@@ -5,7 +5,8 @@ is undone by a little fine-tuning on related data).
 The forget set is split by subject (`fraction` of the subjects to train on, the rest to test); with a single
 subject it is split by item and the split is recorded. `source: retain_buffer` trains on the retain buffer
 instead, a control for "does any fine-tuning bring it back". The forget score of the test part is measured
-after each of `steps` optimiser steps (0 = the unlearned patient). The patient is snapshot first and restored
+after each of `steps` optimiser steps (0 = the unlearned patient), with `fact_nll` (the facts' own tokens) as a
+graded view of the same recovery. The patient is snapshot first and restored
 after, so nothing learnt here reaches a later measurement.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import torch
 
 from repair.attacks import AttackContext, register_attack
-from repair.attacks.common import check, limited, primary_metric, settings, summarize
+from repair.attacks.common import check, fact_nll, limited, primary_metric, settings, summarize
 from repair.data import answer_nll, collate, encode
 from repair.evaluate import generate, score_answer
 from repair.progress import progress
@@ -108,7 +109,7 @@ class Relearning:
                     losses.append(loss.item())
                     bar.update(1)
                 model.eval()
-                point = {"step": target, **summarize(self._score(ctx, test))}
+                point = {"step": target, **summarize(self._score(ctx, test)), "fact_nll": fact_nll(patient, test)}
                 if losses:
                     point["train_loss"] = losses[-1]
                 curve.append(point)

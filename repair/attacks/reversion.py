@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 
 from repair.attacks import AttackContext, register_attack
 from repair.attacks.common import settings
@@ -41,7 +42,7 @@ class ReversionCheck:
         patched = {d.parameter: params[d.parameter].detach().clone() for d in patch.deltas}
         patch.revert(model)
         try:
-            reverted, _ = evaluate(ctx.patient, ctx.task, ctx.eval_cfg)
+            reverted, _ = evaluate(ctx.patient, ctx.task, OmegaConf.create(ctx.eval_cfg))
         finally:
             patch.apply(model)  # no norm guard: the same delta was accepted when it was first applied
         reapplied_exact = all(torch.equal(params[name], value) for name, value in patched.items())
