@@ -27,7 +27,7 @@ from repair.tasks import QA
 log = logging.getLogger(__name__)
 
 SOURCES = ("forget", "retain_buffer")
-DEFAULTS = {"steps": [0, 5, 10, 25], "fraction": 0.5, "source": "forget", "lr": 2.0e-5, "batch_size": 4,
+DEFAULTS = {"steps": [0, 5, 10, 25], "fraction": 0.5, "source": "forget", "lr": 5.0e-5, "batch_size": 4,
             "train_layers": "all", "max_length": 128}
 
 
