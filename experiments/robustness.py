@@ -61,6 +61,10 @@ def _row(res: dict[str, Any], path: Path) -> dict[str, Any]:
     best = probe.get("best") or {}
     row["probe/accuracy"], row["probe/chance"] = best.get("accuracy"), best.get("chance")
     row["probe/holdout"], row["probe/layer"] = best.get("holdout_accuracy"), best.get("layer")
+    lens = [v for v in ((probe.get("lens") or {}).get("layers") or {}).values() if v.get("forget") is not None]
+    if lens:  # the layer where the forget facts stand out most above the never-taught holdout
+        top = max(lens, key=lambda v: v["forget"] - (v.get("holdout") or 0.0))
+        row["probe/lens_forget"], row["probe/lens_holdout"] = top["forget"], top.get("holdout")
     row["reversion/exact"] = reversion.get("exact")
     row["seconds"] = sum(v.get("seconds", 0.0) for v in rob.values() if isinstance(v, dict))
     return row
@@ -133,7 +137,7 @@ def to_markdown(table: pd.DataFrame) -> str:
         unit = " (%)" if metric in PERCENT else ""
         header = (["method", "runs", "before", "after", "worst prompt (variant)", *VARIANTS[1:], f"relearn k={k}",
                    f"fact NLL k=0 → {k}", "MIA AUC (retain)", "PrivLeak", "probe acc (chance; holdout)",
-                   "reversion exact"])
+                   "logit lens forget (holdout)", "reversion exact"])
         lines += [f"### {task} — forget score `{metric}`{unit}, lower is better for an unlearned patient", "",
                   "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for label in [l for l in ROW_ORDER if l in part.index] + sorted(l for l in part.index if l not in ROW_ORDER):
@@ -147,6 +151,7 @@ def to_markdown(table: pd.DataFrame) -> str:
                       _fmt(r.get("mia/privleak"), digits=2),
                       f"{_fmt(r.get('probe/accuracy'), digits=2)} ({_fmt(r.get('probe/chance'), digits=2)}; "
                       f"{_fmt(r.get('probe/holdout'), digits=2)})",
+                      f"{_fmt(r.get('probe/lens_forget'), digits=2)} ({_fmt(r.get('probe/lens_holdout'), digits=2)})",
                       _fmt(r.get("reversion/exact"), digits=2)]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")

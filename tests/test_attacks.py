@@ -23,10 +23,19 @@ from repair.tasks import build_task
 # three forget subjects (address + e-mail each) so relearning can train on some and test on others; e-mail domains
 # and cities repeat across people, so a probe has classes to recover; holdout people for membership inference
 ATTACK_TASK = ["task.num_profiles=9", "task.forget_ratio=0.34", "task.attributes=[address,email]", "task.num_idk=1",
-               "task.num_holdout=6", "task.corpus_size=2",
+               "task.num_holdout=6", "task.corpus_size=2", "implant.stop_loss=0.005",  # every fact learnt
                "eval.max_new_tokens=32", "eval.paraphrases=false"]  # the longest answer is 28 tokens
 ATTACKS = ["eval/attacks=all", "eval.attacks.relearn.lr=1e-3", "eval.attacks.relearn.steps=[0,5,25]"]
 STAMP = ["method=stamp", "method.layers=[1]", "method.span_tokens=1", "method.strength=1.0", "method.cov_weight=0.001"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: on a shared 2-core machine two threads spin and cost several times the CPU time."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +70,8 @@ def test_taught_patient_leaks_under_every_attack(attacked):
     assert res["mia"]["auc"] >= 0.95 and res["mia"]["auc_retain"] >= 0.95
     probe = res["probe"]["best"]
     assert probe["accuracy"] >= 0.8 and probe["accuracy"] > probe["chance"], res["probe"]
+    lens = res["probe"]["lens"]["layers"].values()  # holdout: what top-10 guessing gets without the facts
+    assert any(v["forget"] >= 0.9 and v["forget"] > v["holdout"] for v in lens), res["probe"]["lens"]
     relearn = res["relearn"]
     assert relearn["split"] == "subject" and relearn["n_test"] >= 2
     assert [p["step"] for p in relearn["curve"]] == [0, 5, 25]
@@ -75,6 +86,7 @@ def test_patient_that_never_saw_the_facts_does_not_leak(attacked):
     assert all(p["f_fact"] == 0.0 and p["fact_nll"] > 4.0 for p in res["relearn"]["curve"]), res["relearn"]["curve"]
     probe = res["probe"]["best"]
     assert probe["accuracy"] <= probe["chance"], res["probe"]
+    assert all(v["forget"] <= 0.2 for v in res["probe"]["lens"]["layers"].values()), res["probe"]["lens"]
 
 
 def test_membership_inference_tells_taught_from_untaught_facts(setup, attacked):
@@ -207,7 +219,8 @@ def _fake_run(root, method, oracle, auc, after, seed=0):
                "prompting": {"metric": "f_fact", "variants": {"plain": {"f_fact": after}, "prefix": {"f_fact": 50.0}},
                              "worst": {"variant": "prefix", "f_fact": 50.0}},
                "mia": {"auc": auc, "auc_retain": 0.9, "privleak": None, "seconds": 1.0},
-               "probe": {"best": {"layer": 1, "accuracy": 0.8, "chance": 0.4, "holdout_accuracy": 0.3}},
+               "probe": {"best": {"layer": 1, "accuracy": 0.8, "chance": 0.4, "holdout_accuracy": 0.3},
+                         "lens": {"layers": {"0": {"forget": 0.5, "holdout": 0.4}, "1": {"forget": 0.9, "holdout": 0.2}}}},
                "reversion": {"skipped": "no patch"} if method != "stamp" else {"exact": True},
                "relearn": {"metric": "f_fact", "curve": curve}}}
     (folder / "results.json").write_text(json.dumps(res))
@@ -226,7 +239,7 @@ def test_robustness_table_and_plots(tmp_path):
     rows = {line.split(" | ")[0].strip("| "): line for line in md.splitlines() if line.startswith("| ")}
     assert {"GA", "STAMP", "Oracle"} <= set(rows)
     assert "| -0.60 |" in rows["GA"] and "| 0.80 |" in rows["STAMP"]  # PrivLeak against the Oracle run's AUC
-    assert "50.0 (prefix)" in rows["GA"] and "| 1.00 |" in rows["STAMP"]
+    assert "50.0 (prefix)" in rows["GA"] and "| 1.00 |" in rows["STAMP"] and "| 0.90 (0.20) |" in rows["GA"]
     for name in ("robustness.png", "robustness.pdf", "robustness_relearn.png", "robustness.csv"):
         assert (tmp_path / "out" / name).stat().st_size > 0
     with pytest.raises(SystemExit, match="no results.json with a `robustness` section"):

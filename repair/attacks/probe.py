@@ -7,7 +7,10 @@ company and the e-mail domain; for multiple-choice tasks the taught option's let
 is the token just before the class value in the teacher-forced reference answer ("… lives at 12 Mill Lane," →
 city), i.e. where the patient would have to produce it; `prompt` is the last prompt token, `subject` the subject's
 last token. Holdout samples (never taught) are a control: a probe that also gets them right reads something other
-than memorised knowledge. "chance" is the best a constant answer could score on the same test samples
+than memorised knowledge. With few people per class a trained probe has little to learn from, so the attack also
+reads the same hidden states through the patient's own output head (the logit lens; Patil et al., 2023, extract
+"deleted" facts this way): `lens` is the share of samples whose value's first token is among the `lens_top_k`
+most likely tokens at that layer — no training, and every forget sample counts, whether its class repeats or not. "chance" is the best a constant answer could score on the same test samples
 (the largest class share), conservative when there are few of them.
 """
 from __future__ import annotations
@@ -31,7 +34,7 @@ log = logging.getLogger(__name__)
 
 POSITIONS = ("answer", "prompt", "subject")
 NAMED_LAYERS = ("mid", "last")
-DEFAULTS = {"layers": ["mid", "last"], "position": "answer", "C": 1.0, "max_iter": 2000}
+DEFAULTS = {"layers": ["mid", "last"], "position": "answer", "C": 1.0, "max_iter": 2000, "lens_top_k": 10}
 
 # pii attribute → the part of its fact that repeats across people
 PII_CLASSES: dict[str, Callable[[str], str]] = {
@@ -102,6 +105,8 @@ class LinearProbe:
               self.name, "layers", layers, "a non-empty list of mid, last or layer indices")
         check(self.cfg["position"] in POSITIONS, self.name, "position", self.cfg["position"], ", ".join(POSITIONS))
         check(isinstance(self.cfg["C"], (int, float)) and self.cfg["C"] > 0, self.name, "C", self.cfg["C"], "a number > 0")
+        k = self.cfg["lens_top_k"]
+        check(isinstance(k, int) and k >= 0, self.name, "lens_top_k", k, "an int >= 0 (0 turns the logit lens off)")
 
     def _inputs(self, patient: Patient, items: list[tuple[QA, str, str, str]]) -> tuple[list[str], list[int]]:
         tok = patient.tokenizer
@@ -118,6 +123,43 @@ class LinearProbe:
             texts.append(text)
             positions.append(pos)
         return texts, positions
+
+    @torch.no_grad()
+    def _lens(self, ctx: AttackContext, layers: list[int], splits: dict[str, list]) -> dict[str, Any]:
+        """Share of forget / holdout samples whose value's first token is in the top-k of the logit lens."""
+        patient, tok = ctx.patient, ctx.patient.tokenizer
+        base = getattr(patient.model, "base_model", patient.model)
+        norm = next((getattr(base, n) for n in ("norm", "ln_f", "final_layernorm") if hasattr(base, n)), None)
+        if norm is None:
+            return {"skipped": f"no final norm found on {type(base).__name__} (looked for norm, ln_f, final_layernorm)"}
+        head = patient.model.get_output_embeddings()
+        out: dict[str, Any] = {"top_k": int(self.cfg["lens_top_k"])}
+        hits: dict[str, dict[int, float]] = {}
+        for split in ("forget", "holdout"):
+            texts, positions, wanted = [], [], []
+            for q, _, value, prefix in splits[split]:
+                prompt = chat_prompt(tok, q.question)
+                at = q.answer.find(value, len(prefix))
+                ids = tok(prompt + prefix, add_special_tokens=False)["input_ids"]
+                full = tok(prompt + q.answer[: at + len(value)], add_special_tokens=False)["input_ids"]
+                if at < 0 or len(full) <= len(ids) or full[: len(ids)] != ids:
+                    continue  # the value does not start on a token boundary after the prefix
+                texts.append(prompt + prefix)
+                positions.append(len(ids) - 1)
+                wanted.append(full[len(ids)])
+            out[f"n_{split}"] = len(texts)
+            if not texts:
+                continue
+            states = hidden_states(patient, texts, positions, layers)
+            target = torch.tensor(wanted)
+            for layer in layers:
+                h = torch.from_numpy(states[layer]).to(patient.device, head.weight.dtype)
+                if layer != patient.num_layers - 1:  # the last layer's output is already normalised
+                    h = norm(h)
+                top = head(h).topk(out["top_k"], dim=-1).indices.cpu()
+                hits.setdefault(split, {})[layer] = float((top == target[:, None]).any(-1).float().mean())
+        out["layers"] = {l: {s: hits.get(s, {}).get(l) for s in ("forget", "holdout")} for l in layers}
+        return out
 
     def run(self, ctx: AttackContext) -> dict[str, Any]:
         from sklearn.linear_model import LogisticRegression
@@ -142,10 +184,12 @@ class LinearProbe:
                 skipped[group] = f"no forget sample's {group} class occurs in retain"
             else:
                 groups[group] = (train, test)
+        lens = (self._lens(ctx, layers, splits) if self.cfg["lens_top_k"] and self.cfg["position"] == "answer"
+                else {"skipped": "logit lens needs position=answer and lens_top_k > 0"})
         if not groups:
             reason = "; ".join(f"{g}: {r}" for g, r in skipped.items()) or (
                 f"task {ctx.task.name!r} has no attribute classes that repeat across subjects")
-            return {"skipped": reason}
+            return {"skipped": reason, "lens": lens}
 
         everything = [t for train, test in groups.values() for t in train + test["forget"] + test["holdout"]]
         texts, positions = self._inputs(ctx.patient, everything)
@@ -178,8 +222,14 @@ class LinearProbe:
             per_layer[layer] = {"accuracy": hits / total, "chance": chance_hits / total, "n": total,
                                 "holdout_accuracy": h_hits / h_total if h_total else None, "groups": results}
         best = max(per_layer, key=lambda l: per_layer[l]["accuracy"])
-        return {"position": self.cfg["position"], "layers": per_layer, "skipped_groups": skipped,
+        lens_layers = lens.get("layers", {})
+        return {"position": self.cfg["position"], "layers": per_layer, "skipped_groups": skipped, "lens": lens,
                 "best": {"layer": best, "accuracy": per_layer[best]["accuracy"], "chance": per_layer[best]["chance"],
                          "holdout_accuracy": per_layer[best]["holdout_accuracy"]},
-                "summary": {l: f"{v['accuracy']:.2f} (chance {v['chance']:.2f}, n={v['n']})"
-                            for l, v in per_layer.items()}}
+                "summary": {l: f"probe {v['accuracy']:.2f} (chance {v['chance']:.2f}, n={v['n']}); lens forget "
+                               f"{_pct(lens_layers.get(l, {}).get('forget'))} holdout "
+                               f"{_pct(lens_layers.get(l, {}).get('holdout'))}" for l, v in per_layer.items()}}
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
