@@ -48,13 +48,17 @@ def _row(res: dict[str, Any], path: Path) -> dict[str, Any]:
     for variant, summary in (prompting.get("variants") or {}).items():
         row[f"prompt/{variant}"] = summary.get(metric)
     worst = prompting.get("worst") or {}
-    row["prompt/worst"], row["prompt/worst_variant"] = worst.get(metric), worst.get("variant")
+    row["prompt/worst"] = worst.get(metric)
+    row["prompt/worst_variant"] = worst.get("variant") if worst.get(metric) else None  # no variant leaks: none is worst
     curve = relearn.get("curve") or []
     for point in curve:
         row[f"relearn/{point['step']}"] = point.get(metric)
+        row[f"relearn_nll/{point['step']}"] = point.get("fact_nll")
+        row[f"relearn_holdout_nll/{point['step']}"] = point.get("holdout_fact_nll")
     if curve:
         row["relearn/steps"], row["relearn/final"] = curve[-1]["step"], curve[-1].get(metric)
         row["relearn/fact_nll_start"], row["relearn/fact_nll_final"] = curve[0].get("fact_nll"), curve[-1].get("fact_nll")
+        row["relearn/holdout_nll_final"] = curve[-1].get("holdout_fact_nll")
     row["mia/auc"], row["mia/auc_retain"] = mia.get("auc"), mia.get("auc_retain")
     row["mia/privleak"] = mia.get("privleak")
     row["mia/privleak_from"] = "config" if mia.get("privleak") is not None else None
@@ -136,7 +140,7 @@ def to_markdown(table: pd.DataFrame) -> str:
         k = int(steps.max()) if len(steps) else None
         unit = " (%)" if metric in PERCENT else ""
         header = (["method", "runs", "before", "after", "worst prompt (variant)", *VARIANTS[1:], f"relearn k={k}",
-                   f"fact NLL k=0 → {k}", "MIA AUC (retain)", "PrivLeak", "probe acc (chance; holdout)",
+                   f"fact NLL k=0 → {k} (holdout)", "MIA AUC (retain)", "PrivLeak", "probe acc (chance; holdout)",
                    "logit lens forget (holdout)", "reversion exact"])
         lines += [f"### {task} — forget score `{metric}`{unit}, lower is better for an unlearned patient", "",
                   "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -146,7 +150,8 @@ def to_markdown(table: pd.DataFrame) -> str:
                      f"{_fmt(r.get('prompt/worst'), metric)} ({r['worst_variant'] or '–'})"]
             cells += [_fmt(r.get(f"prompt/{v}"), metric) for v in VARIANTS[1:]]
             cells += [_fmt(r.get("relearn/final"), metric),
-                      f"{_fmt(r.get('relearn/fact_nll_start'), digits=2)} → {_fmt(r.get('relearn/fact_nll_final'), digits=2)}",
+                      f"{_fmt(r.get('relearn/fact_nll_start'), digits=2)} → {_fmt(r.get('relearn/fact_nll_final'), digits=2)}"
+                      f" ({_fmt(r.get('relearn/holdout_nll_final'), digits=2)})",
                       f"{_fmt(r.get('mia/auc'))} ({_fmt(r.get('mia/auc_retain'))})",
                       _fmt(r.get("mia/privleak"), digits=2),
                       f"{_fmt(r.get('probe/accuracy'), digits=2)} ({_fmt(r.get('probe/chance'), digits=2)}; "
@@ -193,24 +198,38 @@ def plot_scores(table: pd.DataFrame, out: Path, name: str = "robustness") -> lis
     return _save(fig, out, name)
 
 
+def _step_columns(runs: pd.DataFrame, prefix: str) -> list[str]:
+    return sorted((c for c in runs.columns if c.startswith(prefix) and c[len(prefix):].isdigit()),
+                  key=lambda c: int(c[len(prefix):]))
+
+
 def plot_relearn(runs: pd.DataFrame, out: Path, name: str = "robustness_relearn") -> list[Path]:
-    """Per task: forget score of the held-out forget part against relearning steps, one line per method."""
-    steps_cols = sorted((c for c in runs.columns if c.startswith("relearn/") and c.split("/")[1].isdigit()),
-                        key=lambda c: int(c.split("/")[1]))
-    if not steps_cols:
+    """Per task: the held-out forget part's score (top) and its facts' NLL (bottom) against relearning steps."""
+    rows = [("relearn/", None), ("relearn_nll/", "fact NLL (nats) ↓ = recovered")]
+    if not _step_columns(runs, "relearn/"):
         log.info("no relearning curves: %s.png skipped", name)
         return []
     tasks = _order(runs, "task", TASK_ORDER)
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.5), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
+    fig, axes = plt.subplots(2, len(tasks), figsize=(5 * len(tasks), 6), squeeze=False, sharex=True)
+    for j, task in enumerate(tasks):
         part = runs[runs["task"] == task]
-        for label in _order(part, "label", ROW_ORDER):
-            mean = part[part["label"] == label][steps_cols].apply(pd.to_numeric, errors="coerce").mean()
-            ax.plot([int(c.split("/")[1]) for c in steps_cols], mean.values, marker="o", label=label)
         metric = part["metric"].iloc[0]
-        ax.set_xlabel("relearning steps")
-        ax.set_ylabel(f"held-out forget {metric}" + (" (%)" if metric in PERCENT else ""))
-        ax.set_title(task)
+        for i, (prefix, ylabel) in enumerate(rows):
+            columns, ax = _step_columns(part, prefix), axes[i][j]
+            for n, label in enumerate(_order(part, "label", ROW_ORDER)):
+                runs_of = part[part["label"] == label]
+                mean = runs_of[columns].apply(pd.to_numeric, errors="coerce").mean()
+                ax.plot([int(c[len(prefix):]) for c in columns], mean.values, marker="o", label=label, color=f"C{n}")
+                control = _step_columns(part, "relearn_holdout_nll/") if prefix == "relearn_nll/" else []
+                if control:  # never-taught facts under the same relearning: repair, not recovery
+                    held = runs_of[control].apply(pd.to_numeric, errors="coerce").mean()
+                    ax.plot([int(c.split("/")[1]) for c in control], held.values, ls="--", color=f"C{n}",
+                            label=f"{label}, never-taught facts")
+            if prefix == "relearn_nll/":
+                ax.legend(fontsize=7)
+            ax.set_ylabel(ylabel or f"held-out forget {metric}" + (" (%)" if metric in PERCENT else ""))
+        axes[0][j].set_title(task)
+        axes[1][j].set_xlabel("relearning steps")
     axes[0][0].legend(fontsize=8)
     return _save(fig, out, name)
 

@@ -127,6 +127,7 @@ def test_relearning_brings_back_what_gradient_ascent_hid(setup, attacked, make_c
     # exact recall after 25 steps depends on float rounding (0 or 50% here); the facts' likelihood does not
     assert curve[0]["fact_nll"] > curve[-1]["fact_nll"] + 3.0, curve
     assert naive[-1]["step"] == curve[-1]["step"] and curve[-1]["fact_nll"] < naive[-1]["fact_nll"] - 3.0
+    assert curve[-1]["fact_nll"] < curve[-1]["holdout_fact_nll"] - 3.0  # recovered, not a repaired patient guessing
 
 
 def test_reversion_gives_back_the_pre_edit_metrics_exactly(setup, make_cfg):
@@ -211,7 +212,8 @@ def _fake_run(root, method, oracle, auc, after, seed=0):
     """A results.json as the runner writes it, with a robustness section (numbers made up)."""
     folder = root / f"{method}_{'oracle' if oracle else 'base'}_s{seed}"
     folder.mkdir(parents=True)
-    curve = [{"step": 0, "f_fact": after, "fact_nll": 8.0}, {"step": 25, "f_fact": after + 30, "fact_nll": 1.0}]
+    curve = [{"step": 0, "f_fact": after, "fact_nll": 8.0, "holdout_fact_nll": 9.0},
+             {"step": 25, "f_fact": after + 30, "fact_nll": 1.0, "holdout_fact_nll": 7.5}]
     res = {"method": method, "task": "pii", "patient": "tiny", "seed": seed,
            "config": {"implant": {"oracle": oracle}},
            "metrics": {"before": {"f_fact": 90.0}, "after": {"f_fact": after}},
@@ -239,7 +241,7 @@ def test_robustness_table_and_plots(tmp_path):
     rows = {line.split(" | ")[0].strip("| "): line for line in md.splitlines() if line.startswith("| ")}
     assert {"GA", "STAMP", "Oracle"} <= set(rows)
     assert "| -0.60 |" in rows["GA"] and "| 0.80 |" in rows["STAMP"]  # PrivLeak against the Oracle run's AUC
-    assert "50.0 (prefix)" in rows["GA"] and "| 1.00 |" in rows["STAMP"] and "| 0.90 (0.20) |" in rows["GA"]
+    assert "8.00 → 1.00 (7.50)" in rows["GA"] and "50.0 (prefix)" in rows["GA"] and "| 1.00 |" in rows["STAMP"] and "| 0.90 (0.20) |" in rows["GA"]
     for name in ("robustness.png", "robustness.pdf", "robustness_relearn.png", "robustness.csv"):
         assert (tmp_path / "out" / name).stat().st_size > 0
     with pytest.raises(SystemExit, match="no results.json with a `robustness` section"):

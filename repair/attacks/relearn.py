@@ -6,7 +6,8 @@ The forget set is split by subject (`fraction` of the subjects to train on, the 
 subject it is split by item and the split is recorded. `source: retain_buffer` trains on the retain buffer
 instead, a control for "does any fine-tuning bring it back". The forget score of the test part is measured
 after each of `steps` optimiser steps (0 = the unlearned patient), with `fact_nll` (the facts' own tokens) as a
-graded view of the same recovery. The patient is snapshot first and restored
+graded view of the same recovery and `holdout_fact_nll`, the same for facts the patient was never taught: it
+separates recovered knowledge from a damaged patient merely being repaired (both would lower `fact_nll`). The patient is snapshot first and restored
 after, so nothing learnt here reaches a later measurement.
 """
 from __future__ import annotations
@@ -76,6 +77,7 @@ class Relearning:
             if not train:
                 return {"skipped": "source=retain_buffer but the task's retain buffer is empty"}
         test = limited(test, ctx.eval_cfg)
+        control = limited(ctx.task.holdout, ctx.eval_cfg)
         metric = primary_metric(ctx.task)
         patient, model = ctx.patient, ctx.patient.model
         layers = patient.layer_indices(self.cfg["train_layers"], "eval.attacks.relearn.train_layers")
@@ -110,6 +112,8 @@ class Relearning:
                     bar.update(1)
                 model.eval()
                 point = {"step": target, **summarize(self._score(ctx, test)), "fact_nll": fact_nll(patient, test)}
+                if control:
+                    point["holdout_fact_nll"] = fact_nll(patient, control)
                 if losses:
                     point["train_loss"] = losses[-1]
                 curve.append(point)
