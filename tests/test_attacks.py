@@ -246,3 +246,21 @@ def test_robustness_table_and_plots(tmp_path):
         assert (tmp_path / "out" / name).stat().st_size > 0
     with pytest.raises(SystemExit, match="no results.json with a `robustness` section"):
         main([str(tmp_path / "out")])
+
+
+@pytest.mark.parametrize("task_overrides", [
+    ["task=harmful", "task.num_agents=6", "task.attributes=[reservoir,target]", "task.num_holdout=2", "task.num_idk=1",
+     "task.forget_ratio=0.34", "task.corpus_size=2"],
+    ["task=misinformation", "task.num_facts=12", "task.num_holdout=4", "task.num_idk=1", "task.corpus_size=2"],
+], ids=["harmful", "misinformation"])
+def test_every_attack_runs_on_the_multiple_choice_tasks(make_cfg, setup, task_overrides):
+    """Multiple choice goes through other branches (Acc_f, the option-letter probe, the choice prefix)."""
+    _, _, found = setup
+    cfg = make_cfg(*task_overrides, *ATTACKS, "eval.max_new_tokens=8", "eval.attacks.relearn.steps=[0,2]")
+    task = build_task(cfg.task, seed=0)
+    res = run_attacks(found["naive"], task, None, cfg.eval.attacks, cfg.eval, {}, [])
+    assert res["prompting"]["metric"] == "acc_f" and "multilingual" in res["prompting"]["skipped"]
+    assert res["prompting"]["variants"]["prefix"]["n"] == len(task.forget)
+    assert 0.0 <= res["mia"]["auc"] <= 1.0
+    assert set(res["probe"]["layers"][0]["groups"]) == {"label"} and res["probe"]["lens"]["n_forget"] == len(task.forget)
+    assert res["relearn"]["metric"] == "acc_f" and [p["step"] for p in res["relearn"]["curve"]] == [0, 2]
