@@ -8,6 +8,10 @@ from repair.evaluate import generate
 from repair.methods import build_method
 from repair.patches import Delta, Patch, PatchRejected
 from repair.stamp import full_solve, lowrank_solve, ridge_system
+from repair.tasks.refusals import is_refusal
+
+# the tiny patient has 2 layers (both edited) and a 256-wide MLP; measured to refuse at strength 2 (3 garbles)
+TINY_STAMP = ["method.strength=2.0", "++method.rank=128"]
 
 
 def test_lowrank_at_full_rank_equals_full_solve():
@@ -52,17 +56,17 @@ def test_nan_or_huge_edits_are_refused_and_leave_the_model_unchanged(fresh_patie
 @pytest.mark.parametrize("method", ["stamp", "stamp_lowrank"])
 def test_stamp_edit_maps_forget_keys_holds_retain_keys_and_reverts_exactly(make_cfg, fresh_patient, method, tmp_path):
     """The edit's contract on a real (tiny) model: forget keys reach their targets, retain keys stay, and the patch
-    reverts bit for bit and reloads. (Whether the patient then *refuses* is issue 4's open work: docs/stamp.md.)"""
+    reverts bit for bit and reloads."""
     patient, task = fresh_patient
-    cfg = make_cfg(f"method={method}", "method.layers=[1]", "method.span_tokens=1", "method.strength=1.0",
-                   "method.cov_weight=0.001",  # generic keys loosely held: the mapping can be (nearly) exact
-                   "++method.rank=64")
+    cfg = make_cfg(f"method={method}", "method.layers=[1]", "method.strength=1.0", "method.contrast_prompts=0",
+                   "method.cov_weight=0.001", "method.eps=1e-6",  # generic keys loosely held: (nearly) exact
+                   "++method.rank=256")  # the tiny MLP's full width: low rank is tested against the solve above
     stamp = build_method(cfg.method)
     stamp.prepare(task)
     state = patient.snapshot()
     report = stamp.unlearn(patient, task.forget, task.retain_buffer)
     layer = report["per_layer"][1]
-    assert set(report["per_layer"]) == {1} and set(report["separation"]) == {1}
+    assert set(report["per_layer"]) == {1}
     assert layer["forget_residual"] < 0.05 and layer["retain_shift"] < 0.05, layer
     assert 0 < layer["relative_norm"] < 2
     changed = [n for n, t in patient.model.state_dict().items() if not torch.equal(t, state[n])]
@@ -83,9 +87,59 @@ def test_stamp_edit_maps_forget_keys_holds_retain_keys_and_reverts_exactly(make_
 
 def test_bad_stamp_configs_fail_clearly(make_cfg, fresh_patient):
     patient, task = fresh_patient
-    with pytest.raises(ValueError, match=r"unknown method.target .nope.; valid choices: refusal, unknown, dir"):
+    with pytest.raises(ValueError, match=r"unknown method.target .nope.; valid choices: refusal_readout, refusal, unk"):
         build_method(make_cfg("method=stamp", "method.target=nope").method)
+    with pytest.raises(ValueError, match=r"unknown method.keys .name.; valid choices: answer_start, subject"):
+        build_method(make_cfg("method=stamp", "method.keys=name").method)
+    with pytest.raises(ValueError, match=r"refusal_readout goes with method.keys=answer_start"):
+        build_method(make_cfg("method=stamp", "method.target=unknown").method)
     with pytest.raises(ValueError, match=r"method.rank must be >= 1"):
         build_method(make_cfg("method=stamp_lowrank", "method.rank=0").method)
     with pytest.raises(ValueError, match=r"unknown layer\(s\) \[9\]; valid: 0..1"):
         build_method(make_cfg("method=stamp", "method.layers=[9]").method).unlearn(patient, task.forget, [])
+
+
+@pytest.mark.parametrize("method", ["stamp", "stamp_lowrank"])
+def test_stamp_turns_forget_answers_into_refusals_and_keeps_retain_answers(make_cfg, fresh_patient, method):
+    """The behaviour that matters, on the implanted tiny patient: the forget questions (and their paraphrases) are
+    now refused (paraphrases: no forget fact left), every retain answer is the same as before, and revert brings the forget answers back."""
+    patient, task = fresh_patient
+    forget_q = [q.question for q in task.forget]
+    para_q = [q.paraphrases[0] for q in task.forget]
+    retain_q = [q.question for q in task.retain]
+    before_f, before_r = generate(patient, forget_q, 16), generate(patient, retain_q, 16)
+    assert not any(map(is_refusal, before_f))
+    stamp = build_method(make_cfg(f"method={method}", *TINY_STAMP).method)
+    stamp.prepare(task)
+    stamp.unlearn(patient, task.forget, task.retain_buffer)
+    after_f = generate(patient, forget_q, 16)
+    assert all(map(is_refusal, after_f)), after_f
+    para = generate(patient, para_q, 16)  # the tiny model's refusals there are mangled; the facts must be gone
+    assert not any(q.fact.lower() in a.lower() for q, a in zip(task.forget, para)), para
+    assert generate(patient, retain_q, 16) == before_r
+    stamp.patch.revert(patient.model)
+    assert generate(patient, forget_q, 16) == before_f
+
+
+def test_single_forget_sample_is_refused_alone(make_cfg, fresh_patient):
+    """One forget question: that question is refused; the same person's other question and all retain answers are
+    measured, and every retain answer stays as it was."""
+    patient, task = fresh_patient
+    retain_q = [q.question for q in task.retain]
+    before_r = generate(patient, retain_q, 16)
+    stamp = build_method(make_cfg("method=stamp", *TINY_STAMP, "method.strength=3.0").method)
+    stamp.prepare(task)
+    stamp.unlearn(patient, task.forget[:1], task.retain_buffer)
+    assert is_refusal(generate(patient, [task.forget[0].question], 16)[0])
+    assert generate(patient, retain_q, 16) == before_r
+
+
+def test_layer_selection_by_separation_reports_every_candidate(make_cfg, fresh_patient):
+    """`layer_selection=separation` ranks layers by forget/refusal separation (the paper's Fig. 5) and logs all."""
+    patient, task = fresh_patient
+    stamp = build_method(make_cfg("method=stamp", "method.layer_selection=separation", "method.num_layers=1",
+                                  "method.num_refusals=16").method)
+    stamp.prepare(task)
+    report = stamp.unlearn(patient, task.forget, task.retain_buffer)
+    assert set(report["separation"]) == {0, 1}
+    assert report["layers"] == [max(report["separation"], key=report["separation"].get)]
