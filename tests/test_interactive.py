@@ -213,11 +213,8 @@ def test_every_chat_config_composes_and_builds(chat_cfg, implanted, cache_dir, w
 
 
 # ---------------------------------------------------------------------------------------- chat sessions
-@pytest.mark.xfail(strict=False, reason="STAMP does not yet make the 2-layer tiny patient refuse (docs/stamp.md, "
-                                        "issue 4): with the default settings its edit exceeds max_relative_norm, "
-                                        "with gentler ones verification fails; either way the session rolls back")
 def test_a_forget_request_is_detected_planned_applied_verified_and_the_model_refuses(session_for):
-    session = session_for()
+    session = session_for("method.strength=2.0")  # the 2-layer tiny patient refuses at 2 (tests/test_stamp.py)
     assert not is_refusal(session.handle(QUESTION).text)
     reply = session.handle(f"Please forget everything you know about {SUBJECT}.")
     assert reply.kind == "applied", reply.text
