@@ -1,0 +1,74 @@
+"""One forget sample on the default patient: is it forgotten, does retain stay, and how long does one edit take?
+
+    python scripts/bench_stamp_single.py [hydra overrides ...]
+
+For each method (STAMP, STAMP-LR r=64 and r=128) and each of the first `N` forget questions of pii, in turn: edit for
+that one question (activations + solve; wall and CPU seconds, the first edit also fills the per-patient generic-key
+cache), check the question and its paraphrase are refused, score retain answers (all retain people outside the
+buffer) and perplexity against before, revert. Prints a Markdown table (docs/stamp.md).
+"""
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+
+from repair import patient as patients
+from repair.evaluate import generate
+from repair.implant import implant
+from repair.methods import build_method
+from repair.metrics import perplexity, rouge_l_recall
+from repair.runner import implant_recipe
+from repair.tasks import build_task
+from repair.tasks.refusals import is_refusal
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+N = 4
+
+
+def main() -> None:
+    torch.set_num_threads(2)
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=["method=stamp", "logger=none", "task=pii", *sys.argv[1:]])
+    patient = patients.load(cfg.patient, cfg.cache_dir)
+    task = build_task(cfg.task, int(cfg.seed))
+    implant(patient, task, implant_recipe(cfg), cfg.cache_dir)
+    buffer = {q.subject for q in task.retain_buffer}
+    retain = [q for q in task.retain if q.subject not in buffer]
+    r_q = [q.question for q in retain]
+    r_before = generate(patient, r_q, 32)
+    rl_before = sum(rouge_l_recall(a, q.answer) for a, q in zip(r_before, retain)) / len(retain)
+    ppl_before = perplexity(patient.model, patient.tokenizer, task.corpus)
+    print(f"before: R-RL {rl_before:.3f}, PPL {ppl_before:.2f}, {len(retain)} retain questions\n")
+    print("| method | forget question refused | its paraphrase refused | R-RL after / before | retain answers "
+          "unchanged | PPL after / before | edit wall s (first, then median) | edit CPU s (median) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, extra in (("stamp", {}), ("stamp_lowrank", {"rank": 64}), ("stamp_lowrank", {"rank": 128})):
+        method = build_method({**dict(cfg.method), "name": name, **extra})
+        method.prepare(task)
+        refused = para = 0
+        ratios, unchanged, ppls, walls, cpus = [], [], [], [], []
+        for q in task.forget[:N]:
+            w0, c0 = time.perf_counter(), time.process_time()
+            method.unlearn(patient, [q], task.retain_buffer)
+            walls.append(time.perf_counter() - w0)
+            cpus.append(time.process_time() - c0)
+            refused += is_refusal(generate(patient, [q.question], 32)[0])
+            para += is_refusal(generate(patient, [q.paraphrases[0]], 32)[0])
+            r_after = generate(patient, r_q, 32)
+            ratios.append(sum(rouge_l_recall(a, r.answer) for a, r in zip(r_after, retain)) / len(retain) / rl_before)
+            unchanged.append(sum(a == b for a, b in zip(r_after, r_before)) / len(r_q))
+            ppls.append(perplexity(patient.model, patient.tokenizer, task.corpus) / ppl_before)
+            method.patch.revert(patient.model)
+        label = name + (f" r={extra['rank']}" if extra else "")
+        print(f"| {label} | {refused}/{N} | {para}/{N} | {min(ratios):.3f} (min), {statistics.mean(ratios):.3f} (mean)"
+              f" | {100 * min(unchanged):.0f}% (min) | {max(ppls):.4f} (max) | {walls[0]:.2f}, "
+              f"{statistics.median(walls[1:]):.2f} | {statistics.median(cpus[1:]):.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
