@@ -2,7 +2,7 @@
 
     python scripts/bench_stamp_single.py [hydra overrides ...]
 
-For each method (STAMP, STAMP-LR r=64 and r=128) and each of the first `N` forget questions of pii, in turn: edit for
+For each method (STAMP, STAMP-LR r=64, 128, 256) and each of the first `N` forget questions of pii, in turn: edit for
 that one question (activations + solve; wall and CPU seconds, the first edit also fills the per-patient generic-key
 cache), check the question and its paraphrase are refused, score retain answers (all retain people outside the
 buffer) and perplexity against before, revert. Prints a Markdown table (docs/stamp.md).
@@ -47,7 +47,7 @@ def main() -> None:
     print("| method | forget question refused | its paraphrase refused | R-RL after / before | retain answers "
           "unchanged | PPL after / before | edit wall s (first, then median) | edit CPU s (median) |")
     print("|---|---|---|---|---|---|---|---|")
-    for name, extra in (("stamp", {}), ("stamp_lowrank", {"rank": 64}), ("stamp_lowrank", {"rank": 128})):
+    for name, extra in (("stamp", {}), *((("stamp_lowrank", {"rank": r})) for r in (64, 128, 256))):
         method = build_method({**dict(cfg.method), "name": name, **extra})
         method.prepare(task)
         refused = para = 0
