@@ -16,7 +16,8 @@ outputs at the subject's tokens cannot hide them; at the answer start they can.
 Other targets, kept for the ablations (keys at the subject's tokens): the projection onto the refusal subspace of MLP
 outputs on refusal answers (`refusal`), what the patient computes for a subject it refuses (`unknown`), or one shared
 unknown-minus-forget direction (`direction`). Retain-buffer keys are held in place (for `answer_start`: at every
-prompt and answer token), and so are keys from ordinary text (weighted per token by `cov_weight`). STAMP-LR solves the same problem inside the top-r singular subspace of the keys:
+prompt and answer token), and so are keys from ordinary text (weighted per token by `cov_weight`). STAMP-LR solves
+the same problem inside an r-dimensional key subspace (the forget keys plus the top singular directions of all keys):
 O(r³ + r²d) instead of O(m³); at full rank it equals STAMP. Every edit is a reversible `Patch`.
 """
 from __future__ import annotations
@@ -169,6 +170,8 @@ class Stamp:
         return texts, cf_positions
 
     def _generic_keys(self, patient: Patient, layers: list[int]):
+        """Keys of ordinary questions and text, cached per patient and layers (taken on the weights at first use:
+        a later request sees them as they were before earlier edits, a small approximation for speed)."""
         key = (patient.name, id(patient.model), tuple(layers), len(self.generic_texts))
         if key not in self._generic_cache:
             texts = [chat_prompt(patient.tokenizer, q) for q in GENERAL_QUESTIONS] + self.generic_texts[:16]
