@@ -101,8 +101,8 @@ def test_bad_stamp_configs_fail_clearly(make_cfg, fresh_patient):
 
 @pytest.mark.parametrize("method", ["stamp", "stamp_lowrank"])
 def test_stamp_turns_forget_answers_into_refusals_and_keeps_retain_answers(make_cfg, fresh_patient, method):
-    """The behaviour that matters, on the implanted tiny patient: the forget questions (and their paraphrases) are
-    now refused (paraphrases: no forget fact left), every retain answer is the same as before, and revert brings the forget answers back."""
+    """The behaviour that matters, on the implanted tiny patient: the forget questions are now refused (their
+    paraphrases keep no forget fact), every retain answer is the same as before, and revert brings the answers back."""
     patient, task = fresh_patient
     forget_q = [q.question for q in task.forget]
     para_q = [q.paraphrases[0] for q in task.forget]
