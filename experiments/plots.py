@@ -49,7 +49,8 @@ def _scores(runs: pd.DataFrame, task: str) -> tuple[str, str, str, str] | None:
     return None
 
 
-def _save(fig, out: Path, name: str) -> list[Path]:
+def save_figure(fig, out: Path, name: str) -> list[Path]:
+    """`out/name.png` and `.pdf`, each written atomically; closes the figure."""
     paths = []
     for ext in ("png", "pdf"):
         path = out / f"{name}.{ext}"
@@ -84,7 +85,7 @@ def tradeoff(runs: pd.DataFrame, out: Path) -> list[Path]:
         ax.set(title=task, xlabel=f_name, ylabel=r_name)
         ax.grid(alpha=0.3)
     fig.suptitle("forget vs retain after unlearning (best: top left → low forget, high retain)", fontsize=9)
-    return _save(fig, out, "tradeoff")
+    return save_figure(fig, out, "tradeoff")
 
 
 def runtime_bars(runs: pd.DataFrame, out: Path) -> list[Path]:
@@ -105,7 +106,7 @@ def runtime_bars(runs: pd.DataFrame, out: Path) -> list[Path]:
     ax.set(ylabel="unlearning time (s)", title="run time")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    return _save(fig, out, "runtime")
+    return save_figure(fig, out, "runtime")
 
 
 def ablation_curve(runs: pd.DataFrame, out: Path, name: str) -> list[Path]:
@@ -137,7 +138,7 @@ def ablation_curve(runs: pd.DataFrame, out: Path, name: str) -> list[Path]:
             ax.set_xticks(sorted(sub[column].unique()), [f"{v:g}" for v in sorted(sub[column].unique())])
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
-    return _save(fig, out, f"ablation_{name}")
+    return save_figure(fig, out, f"ablation_{name}")
 
 
 def sequential_drift(runs: pd.DataFrame, out: Path) -> list[Path]:
@@ -171,7 +172,7 @@ def sequential_drift(runs: pd.DataFrame, out: Path) -> list[Path]:
             ax.set_xticks(sorted(sub["request"].unique()))
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
-    return _save(fig, out, "sequential_drift")
+    return save_figure(fig, out, "sequential_drift")
 
 
 def write_plots(root: str | Path, out: str | Path | None = None) -> list[Path]:

@@ -24,6 +24,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from experiments.plots import save_figure  # noqa: E402
 from experiments.tables import ROW_ORDER, TASK_ORDER, method_label  # noqa: E402
 from repair.io import atomic_path  # noqa: E402
 
@@ -163,17 +164,6 @@ def to_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def _save(fig, out: Path, name: str) -> list[Path]:
-    paths = []
-    for ext in ("png", "pdf"):
-        path = out / f"{name}.{ext}"
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight")
-        paths.append(path)
-    plt.close(fig)
-    return paths
-
-
 def plot_scores(table: pd.DataFrame, out: Path, name: str = "robustness") -> list[Path]:
     """Per task: each method's forget score after unlearning, under the worst prompt, and after relearning."""
     tasks = _order(table, "task", TASK_ORDER)
@@ -195,7 +185,7 @@ def plot_scores(table: pd.DataFrame, out: Path, name: str = "robustness") -> lis
     handles, names = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, names, loc="lower center", ncol=len(names), fontsize=8, bbox_to_anchor=(0.5, -0.12))
     fig.suptitle("Forget score under attack (lower = forgotten)")
-    return _save(fig, out, name)
+    return save_figure(fig, out, name)
 
 
 def _step_columns(runs: pd.DataFrame, prefix: str) -> list[str]:
@@ -231,7 +221,7 @@ def plot_relearn(runs: pd.DataFrame, out: Path, name: str = "robustness_relearn"
         axes[0][j].set_title(task)
         axes[1][j].set_xlabel("relearning steps")
     axes[0][0].legend(fontsize=8)
-    return _save(fig, out, name)
+    return save_figure(fig, out, name)
 
 
 def write_robustness(root: str | Path, out: str | Path | None = None, name: str = "robustness") -> dict[str, Any]:

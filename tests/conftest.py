@@ -22,6 +22,18 @@ SMALL_PII = ["task.num_profiles=6", "task.attributes=[address,phone]", "task.num
 TINY = ["patient=tiny", "logger=none", *SMALL_PII]
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of small tiny-patient steps: they run fastest that way, and on a shared 2-core
+    machine two threads spin and cost several times the CPU time."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")

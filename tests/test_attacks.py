@@ -29,13 +29,7 @@ ATTACKS = ["eval/attacks=all", "eval.attacks.relearn.lr=1e-3", "eval.attacks.rel
 STAMP = ["method=stamp", "method.layers=[1]", "method.span_tokens=1", "method.strength=1.0", "method.cov_weight=0.001"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine two threads spin and cost several times the CPU time."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread for this module
 
 
 @pytest.fixture(scope="module")
