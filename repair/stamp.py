@@ -130,8 +130,7 @@ class Stamp:
 
     def _answer_starts(self, patient: Patient, items: Sequence[QA]):
         """Chat prompts and their last token: where the first answer token is chosen."""
-        texts = [chat_prompt(patient.tokenizer, q.question) for q in items]
-        return texts, [[len(patient.tokenizer(t, add_special_tokens=False)["input_ids"]) - 1] for t in texts]
+        return _with_last_token(patient, [q.question for q in items])
 
     def _held_retain(self, patient: Patient, items: Sequence[QA]):
         """Retain-buffer positions held in place: the subject span, or (answer_start) every prompt and answer token,
@@ -155,8 +154,7 @@ class Stamp:
             q = forget[i % len(forget)]
             other = [s for s in pool if s != q.subject][(i // len(forget)) % max(1, len(pool) - 1)]
             questions.append(q.question.replace(q.subject, other) if q.subject and q.subject != q.question else other)
-        texts = [chat_prompt(patient.tokenizer, q) for q in questions]
-        return texts, [[len(patient.tokenizer(t, add_special_tokens=False)["input_ids"]) - 1] for t in texts]
+        return _with_last_token(patient, questions)
 
     def _counterfactuals(self, patient: Patient, forget: Sequence[QA], positions: list[list[int]]):
         """The forget prompts with the subject swapped for one the patient refuses; spans aligned from the end."""
@@ -299,6 +297,12 @@ class Stamp:
                            for l, s in per_layer.items()))
         return {"layers": layers, "separation": separation, "per_layer": per_layer, "timings_s": timings,
                 "patch": provenance}
+
+
+def _with_last_token(patient: Patient, questions: Sequence[str]):
+    """Chat prompts and, for each, the position of its last token."""
+    texts = [chat_prompt(patient.tokenizer, q) for q in questions]
+    return texts, [[len(patient.tokenizer(t, add_special_tokens=False)["input_ids"]) - 1] for t in texts]
 
 
 def _factor(dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
