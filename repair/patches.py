@@ -6,6 +6,7 @@ only its factors and provenance, so it is small and can be applied to a fresh co
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,11 @@ class Delta:
     def dense(self, dtype=torch.float32) -> torch.Tensor:
         return (self.left.to(torch.float64) @ self.right.to(torch.float64)).to(dtype)
 
+    def norm(self) -> float:
+        """‖left @ right‖_F from the factors: sqrt(Σ (LᵀL) ⊙ (RRᵀ))."""
+        left, right = self.left.to(torch.float64), self.right.to(torch.float64)
+        return float(((left.T @ left) * (right @ right.T)).sum().clamp_min(0) ** 0.5)
+
 
 @dataclass
 class Patch:
@@ -50,13 +56,14 @@ class Patch:
         for d in self.deltas:
             if d.parameter not in params:
                 raise PatchRejected(f"patch edits unknown parameter {d.parameter!r}")
-            dense = d.dense()
-            if dense.shape != params[d.parameter].shape:
-                raise PatchRejected(f"delta for {d.parameter} has shape {tuple(dense.shape)}, "
-                                    f"weight has {tuple(params[d.parameter].shape)}")
-            if not torch.isfinite(dense).all():
+            shape = (d.left.shape[0], d.right.shape[1])
+            if shape != tuple(params[d.parameter].shape) or d.left.shape[1] != d.right.shape[0]:
+                raise PatchRejected(f"delta for {d.parameter} has shape {shape} (factors {tuple(d.left.shape)} @ "
+                                    f"{tuple(d.right.shape)}), weight has {tuple(params[d.parameter].shape)}")
+            norm = d.norm()  # from the factors: no dense product needed to check
+            if not (torch.isfinite(d.left).all() and torch.isfinite(d.right).all() and math.isfinite(norm)):
                 raise PatchRejected(f"delta for {d.parameter} contains NaN or Inf; nothing was changed")
-            ratio = float(dense.norm() / params[d.parameter].detach().float().norm().clamp_min(1e-12))
+            ratio = norm / float(params[d.parameter].detach().float().norm().clamp_min(1e-12))
             if max_relative_norm is not None and ratio > max_relative_norm:
                 raise PatchRejected(f"delta for {d.parameter} has ‖ΔW‖/‖W‖ = {ratio:.3g} > the bound "
                                     f"{max_relative_norm} (method.max_relative_norm); nothing was changed")

@@ -6,6 +6,7 @@ maps forget keys to new values. The refusal subspace is where the patient's MLP 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 from dataclasses import dataclass
 from typing import Sequence
@@ -34,6 +35,11 @@ def capture_down_proj(patient: Patient, layers: Sequence[int]):
             h.remove()
 
 
+def last_logits_only(model) -> dict:
+    """`logits_to_keep=1` where the model supports it: the output head over one position, not the whole prompt."""
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+
+
 @torch.no_grad()
 def activations_at(patient: Patient, texts: Sequence[str], positions: Sequence[Sequence[int]], layers: Sequence[int],
                    batch_size: int = 16) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
@@ -51,7 +57,8 @@ def activations_at(patient: Patient, texts: Sequence[str], positions: Sequence[S
         for i, e in enumerate(enc):
             ids[i, :len(e)], mask[i, :len(e)] = torch.tensor(e), 1
         with capture_down_proj(patient, layers) as store:
-            patient.model(input_ids=ids.to(patient.device), attention_mask=mask.to(patient.device))
+            patient.model(input_ids=ids.to(patient.device), attention_mask=mask.to(patient.device),
+                          **last_logits_only(patient.model))  # the hooks need no logits
         for layer in layers:
             k, v = store[layer][0]
             for i, p in enumerate(pos):

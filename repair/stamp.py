@@ -32,10 +32,11 @@ import torch
 
 from repair.data import chat_prompt
 from repair.methods import register_method
-from repair.patches import Delta, Patch
+from repair.patches import Delta, Patch, PatchRejected
 from repair.patient import Patient
-from repair.refusal import activations_at, layer_separation, refusal_subspace, token_positions
+from repair.refusal import activations_at, last_logits_only, layer_separation, refusal_subspace, token_positions
 from repair.tasks import QA
+from repair.tasks.choice import with_options
 from repair.tasks.corpus import GENERAL_QUESTIONS
 from repair.tasks.refusals import refusal_references
 
@@ -43,49 +44,58 @@ log = logging.getLogger(__name__)
 TARGETS = ("refusal_readout", "refusal", "unknown", "direction")
 KEYS = ("answer_start", "subject")
 LAYER_SELECTION = ("last", "separation")
+CONTRAST_SOURCES = ("forget", "buffer")
 
 
-def ridge_system(k_f: torch.Tensor, k_r: torch.Tensor, k_c: torch.Tensor, retain_weight: float, lam: float,
-                 eps_scale: float) -> tuple[torch.Tensor, float]:
-    """The stacked key matrix S (so that SᵀS = K_fᵀK_f + w K_rᵀK_r + λ K_cᵀK_c) and the ridge ε.
+def held_gram(k_r: torch.Tensor, k_c: torch.Tensor, retain_weight: float, lam: float) -> torch.Tensor:
+    """Σ of kkᵀ over the keys held in place (m × m): retain keys (weight w) and generic keys (weight λ each).
 
-    Generic keys are held in place token by token (weight λ each), not as a per-token-normalised covariance: with a
-    few thousand generic tokens against a handful of forget keys, a normalised C barely constrains the edit
-    (measured: retain and perplexity collapsed; docs/stamp.md)."""
-    parts = [k_f, (retain_weight ** 0.5) * k_r]
-    if len(k_c):
-        parts.append(lam ** 0.5 * k_c)
-    stacked = torch.cat(parts)
-    eps = eps_scale * float((stacked ** 2).sum()) / stacked.shape[1]
-    return stacked, eps
+    Generic keys are held token by token, not as a per-token-normalised covariance: with a few thousand generic
+    tokens against a handful of forget keys, a normalised C barely constrains the edit (measured: retain and
+    perplexity collapsed; docs/stamp.md). The Gram does not depend on the forget request, so it is cached."""
+    return retain_weight * k_r.T @ k_r + lam * k_c.T @ k_c
 
 
-def full_solve(k_f: torch.Tensor, t: torch.Tensor, stacked: torch.Tensor, eps: float) -> torch.Tensor:
-    """ΔW (d × m) = Tᵀ K_f (SᵀS + εI)⁻¹ with keys as rows (n × m) and targets T (n × d)."""
-    a = stacked.T @ stacked + eps * torch.eye(stacked.shape[1], dtype=stacked.dtype)
-    return torch.linalg.solve(a, k_f.T @ t).T
+def ridge_eps(gram: torch.Tensor, k_f: torch.Tensor, eps_scale: float) -> float:
+    """The ridge ε, relative to the mean squared key norm per dimension: tr(SᵀS)/m."""
+    return eps_scale * float(gram.trace() + (k_f ** 2).sum()) / gram.shape[0]
 
 
-def lowrank_solve(k_f: torch.Tensor, t: torch.Tensor, stacked: torch.Tensor, eps: float, rank: int,
-                  seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """The same solve restricted to an r-dimensional key subspace U: ΔW = D Uᵀ, D (d × r).
+def full_solve(k_f: torch.Tensor, t: torch.Tensor, gram: torch.Tensor, eps_scale: float
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """ΔW = Tᵀ K_f (K_fᵀK_f + G + εI)⁻¹ with keys as rows (n × m) and targets T (n × d), as exact factors
+    (Tᵀ, K_f A⁻¹): rank n, no SVD needed."""
+    a = gram + k_f.T @ k_f
+    a.diagonal().add_(ridge_eps(gram, k_f, eps_scale))
+    return t.T.contiguous(), torch.linalg.solve(a, k_f.T).T
 
-    U spans the forget keys plus the top right singular vectors of S (randomised SVD): the dominant held keys alone
-    can miss the few directions that tell the forget sample apart (measured on the tiny patient: nothing forgotten
-    at r = 64 of 256)."""
-    m = stacked.shape[1]
-    if rank >= min(stacked.shape):
-        _, _, vh = torch.linalg.svd(stacked, full_matrices=rank >= m)
-        u = vh[:rank].T
+
+def top_directions(gram: torch.Tensor, q: int, seed: int = 0) -> torch.Tensor:
+    """The top-q eigenvectors of a PSD Gram (randomised; m × q)."""
+    torch.manual_seed(seed)
+    u, _, _ = torch.svd_lowrank(gram, q=q, niter=4)
+    return u
+
+
+def lowrank_solve(k_f: torch.Tensor, t: torch.Tensor, gram: torch.Tensor, eps_scale: float, rank: int,
+                  directions: torch.Tensor | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same solve restricted to an r-dimensional key subspace U: ΔW = D Uᵀ, D (d × r); O(m²r + r³) given G.
+
+    U spans the forget keys plus the top directions of the held keys (`directions`, cached with G): the dominant
+    held keys alone can miss the few directions that tell the forget sample apart (measured on the tiny patient:
+    nothing forgotten at r = 64 of 256)."""
+    m = gram.shape[0]
+    if rank >= m:
+        u = torch.eye(m, dtype=gram.dtype)
     else:
-        torch.manual_seed(seed)
         n_f = min(len(k_f), rank // 2)
-        _, _, top = torch.svd_lowrank(stacked, q=rank - n_f, niter=4)
-        u, _ = torch.linalg.qr(torch.cat([k_f[:n_f].T, top], dim=1))  # (m, r), orthonormal
-    su = stacked @ u                                            # (n, r)
-    a = su.T @ su + eps * torch.eye(u.shape[1], dtype=stacked.dtype)
-    d = torch.linalg.solve(a, (k_f @ u).T @ t).T               # (d, r)
-    return d, u.T
+        if directions is None or directions.shape[1] < rank - n_f:
+            directions = top_directions(gram, rank - n_f, seed)
+        u, _ = torch.linalg.qr(torch.cat([k_f[:n_f].T, directions[:, :rank - n_f]], dim=1))  # (m, r), orthonormal
+    fu = k_f @ u                                                # (n, r)
+    a = u.T @ (gram @ u) + fu.T @ fu
+    a.diagonal().add_(ridge_eps(gram, k_f, eps_scale))
+    return torch.linalg.solve(a, fu.T @ t).T, u.T               # (d, r), (r, m)
 
 
 def fresh_unknown_subjects(n: int, seed: int) -> list[str]:
@@ -103,7 +113,8 @@ class Stamp:
     def __init__(self, cfg: dict):
         self.cfg = cfg
         for key, valid, default in (("target", TARGETS, "refusal_readout"), ("keys", KEYS, "answer_start"),
-                                    ("layer_selection", LAYER_SELECTION, "last")):
+                                    ("layer_selection", LAYER_SELECTION, "last"),
+                                    ("contrast_source", CONTRAST_SOURCES, "forget")):
             if cfg.get(key, default) not in valid:
                 raise ValueError(f"unknown method.{key} {cfg.get(key)!r}; valid choices: {', '.join(valid)}")
         if (cfg.get("keys", "answer_start") == "answer_start") != (cfg.get("target", "refusal_readout")
@@ -114,7 +125,7 @@ class Stamp:
         self.unknown_subjects: list[str] = []
         self.generic_texts: list[str] = []
         self.patch: Patch | None = None
-        self._generic_cache: dict[tuple, dict] = {}  # generic keys per (patient, layers): the same for every request
+        self._key_cache: dict[tuple, Any] = {}  # held keys that are the same for every request (see _cached)
 
     def prepare(self, task) -> None:
         """Task-level references: subjects the patient refuses (taught in implant) and ordinary text."""
@@ -140,20 +151,40 @@ class Stamp:
         texts = [chat_prompt(patient.tokenizer, q.question) + q.answer for q in items]
         return texts, [token_positions(patient.tokenizer, t) for t in texts]
 
-    def _contrasts(self, patient: Patient, forget: Sequence[QA], retain_buffer: Sequence[QA]):
-        """The forget questions asked about *other* subjects, held at the answer start: the edit must then key on what
-        is specific to the forget subject, not on the question's format (measured: without them every multiple-choice
-        question of `harmful` was refused)."""
+    def _contrasts(self, patient: Patient, templates: Sequence[QA], unknown: Sequence[str], avoid: frozenset[str] = frozenset()):
+        """Questions of the forget questions' form about *other* subjects, held at the answer start: the edit must
+        then key on what is specific to the forget subject, not on the question's format (measured: without them
+        every multiple-choice question of `harmful` was refused). The forms are the retain buffer's questions (the
+        same templates as the forget set's in the built-in suites, and the same for every request, so their keys
+        are cached: `contrast_source: buffer`, fast) or the forget questions themselves (`forget`, the default:
+        measured to keep more retain answers, docs/stamp.md). Each contrast takes the next subject of a pool (the
+        buffer's, the refused ones, made-up ones: more distinct subjects kept more retain answers, docs/stamp.md)
+        and, for multiple choice, options re-drawn from the templates' options of the same attribute. Where the
+        subject is the whole question (`misinformation`), the other subjects are whole questions."""
         n = int(self.cfg.get("contrast_prompts", 48))
-        if n <= 0:
+        if n <= 0 or not templates:
             return None
-        names = fresh_unknown_subjects(n, int(self.cfg.get("seed", 0)))
-        pool = list(dict.fromkeys([q.subject for q in retain_buffer if q.subject] + self.unknown_subjects + names))
+        seed = int(self.cfg.get("seed", 0))
+        rng = random.Random(seed)
+        whole = all(q.subject == q.question.split("\n")[0] for q in templates if q.subject)
+        extra = list(GENERAL_QUESTIONS) if whole else fresh_unknown_subjects(n, seed)
+        own = [q.subject for q in templates if q.subject]
+        pool = [s for s in dict.fromkeys([*own, *unknown, *extra]) if s not in avoid]
+        options: dict[str, list[str]] = {}
+        for q in templates:
+            options.setdefault(q.attribute, []).extend(c for c in q.choices if c not in options[q.attribute])
         questions = []
         for i in range(n):
-            q = forget[i % len(forget)]
-            other = [s for s in pool if s != q.subject][(i // len(forget)) % max(1, len(pool) - 1)]
-            questions.append(q.question.replace(q.subject, other) if q.subject and q.subject != q.question else other)
+            q = templates[i % len(templates)]
+            others = [s for s in pool if s != q.subject]
+            other = others[(i // len(templates) + i) % len(others)]
+            if not q.subject:
+                text = other
+            else:
+                text = q.question.replace(q.subject, other, 1 if whole else -1)
+            if q.choices and len(options[q.attribute]) >= len(q.choices):
+                text = with_options(text, q.choices, rng.sample(options[q.attribute], len(q.choices)))
+            questions.append(text)
         return _with_last_token(patient, questions)
 
     def _counterfactuals(self, patient: Patient, forget: Sequence[QA], positions: list[list[int]]):
@@ -167,15 +198,63 @@ class Stamp:
             positions[i], cf_positions[i] = p[-n:], c[-n:]
         return texts, cf_positions
 
+    def _cached(self, kind: str, patient: Patient, layers: list[int], extra: tuple, build):
+        """Held keys that do not depend on the forget request (generic text, the retain buffer, its contrasts),
+        computed once per patient, layers and buffer. Taken on the weights at first use: a later request in a chat
+        session sees them as they were before earlier edits, a small approximation that keeps one edit fast."""
+        key = (kind, patient.name, id(patient.model), tuple(layers), extra)
+        if key not in self._key_cache:
+            self._key_cache[key] = build()
+        return self._key_cache[key]
+
     def _generic_keys(self, patient: Patient, layers: list[int]):
-        """Keys of ordinary questions and text, cached per patient and layers (taken on the weights at first use:
-        a later request sees them as they were before earlier edits, a small approximation for speed)."""
-        key = (patient.name, id(patient.model), tuple(layers), len(self.generic_texts))
-        if key not in self._generic_cache:
+        """Keys of ordinary questions and text at every token."""
+        def build():
             texts = [chat_prompt(patient.tokenizer, q) for q in GENERAL_QUESTIONS] + self.generic_texts[:16]
-            self._generic_cache[key] = activations_at(patient, texts,
-                                                      [token_positions(patient.tokenizer, t) for t in texts], layers)
-        return self._generic_cache[key]
+            return activations_at(patient, texts, [token_positions(patient.tokenizer, t) for t in texts], layers)
+        return self._cached("generic", patient, layers, (len(self.generic_texts),), build)
+
+    def _held_system(self, patient: Patient, layers: list[int], forget: Sequence[QA], retain_buffer: Sequence[QA]):
+        """Per layer: the Gram of every held key (retain buffer, contrasts, generic text), and the retain and
+        contrast keys with their outputs' norm (to report how far the edit moves them). The part that does not
+        depend on the forget request is computed once per patient, layers and buffer (see `_cached`); contrasts
+        made from the forget questions are added per request."""
+        readout = self.cfg.get("target", "refusal_readout") == "refusal_readout"
+        n_contrasts = int(self.cfg.get("contrast_prompts", 48)) if readout else 0
+        from_buffer = bool(retain_buffer) and self.cfg.get("contrast_source", "forget") == "buffer"
+        w_r, w_x = float(self.cfg.get("retain_weight", 1.0)), float(self.cfg.get("contrast_weight", 1.0))
+        lam = float(self.cfg.get("cov_weight", 1.0))
+
+        def build():
+            r_acts = activations_at(patient, *self._held_retain(patient, retain_buffer), layers) if retain_buffer \
+                else None
+            contrasts = self._contrasts(patient, retain_buffer, self.unknown_subjects) if from_buffer else None
+            x_acts = activations_at(patient, *contrasts, layers) if contrasts and n_contrasts else None
+            c_acts = self._generic_keys(patient, layers) if lam > 0 else None
+            out = {}
+            for layer in layers:
+                parts = ([(r_acts[layer], w_r)] if r_acts else []) + ([(x_acts[layer], w_x)] if x_acts else [])
+                m = patient.module("mlp_down", layer).weight.shape[1]
+                keys = torch.cat([w ** 0.5 * k for (k, _), w in parts]) if parts else torch.zeros(0, m).double()
+                values = torch.cat([w ** 0.5 * v for (_, v), w in parts]) if parts else torch.zeros(0).double()
+                k_c = c_acts[layer][0] if c_acts else keys[:0]
+                out[layer] = {"gram": held_gram(keys, k_c, 1.0, lam), "keys": keys,
+                              "values_sq": float(values.norm()) ** 2, "generic_keys": int(len(k_c))}
+            return out
+
+        weights = (w_r, w_x, lam, n_contrasts if from_buffer else 0)
+        static = self._cached("held", patient, layers, (tuple(q.question for q in retain_buffer), weights), build)
+        if from_buffer or not n_contrasts:
+            return {l: {**h, "static": h} for l, h in static.items()}
+        contrasts = self._contrasts(patient, forget, self.unknown_subjects, frozenset(q.subject for q in forget))
+        x_acts = activations_at(patient, *contrasts, layers)
+        held = {}
+        for layer, h in static.items():
+            k_x, v_x = x_acts[layer]
+            held[layer] = {**h, "static": h, "gram": h["gram"] + w_x * k_x.T @ k_x,
+                           "keys": torch.cat([h["keys"], w_x ** 0.5 * k_x]),
+                           "values_sq": h["values_sq"] + w_x * float(v_x.norm()) ** 2}
+        return held
 
     def _layers(self, patient: Patient, forget: Sequence[QA], f_texts, f_pos) -> tuple[list[int], dict, Any, dict]:
         """Edited layers: explicit; the last `num_layers` (layer_selection=last, the default for the readout
@@ -205,15 +284,10 @@ class Stamp:
         """Per forget prompt: the residual-stream direction that raises the refusal openers' logits and lowers the
         token the patient was about to say, through the final norm's gain (unit vectors, n × d)."""
         tok = patient.tokenizer
-        openers = [tok(r, add_special_tokens=False)["input_ids"][0]
-                   for r in refusal_references(int(self.cfg.get("num_refusals", 200)))]
-        unembed = patient.model.get_output_embeddings().weight.detach().double().cpu()
-        refusal = unembed[openers].mean(0)  # the refusal references' opening tokens, by frequency
-        tops = []
-        for text in f_texts:
-            ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]], device=patient.device)
-            tops.append(int(patient.model(input_ids=ids).logits[0, -1].argmax()))
-        dirs = refusal - unembed[tops]
+        openers = refusal_openers(tok, int(self.cfg.get("num_refusals", 200)))
+        unembed = patient.model.get_output_embeddings().weight.detach()
+        refusal = unembed[openers].double().cpu().mean(0)  # the refusal references' opening tokens, by frequency
+        dirs = refusal - unembed[next_tokens(patient, f_texts)].double().cpu()
         norm = getattr(getattr(patient.model, "model", None), "norm", None)
         if norm is not None and getattr(norm, "weight", None) is not None:
             dirs = dirs * norm.weight.detach().double().cpu()
@@ -240,14 +314,12 @@ class Stamp:
             u_acts = activations_at(patient, u_texts, u_pos, layers)
         if target_kind == "refusal_readout":
             readout = self._readout_directions(patient, f_texts)
-        r_acts = activations_at(patient, *self._held_retain(patient, retain_buffer), layers) if retain_buffer else None
-        c_acts = self._generic_keys(patient, layers) if float(self.cfg.get("cov_weight", 1.0)) > 0 else None
-        contrasts = self._contrasts(patient, forget, retain_buffer) if target_kind == "refusal_readout" else None
-        x_acts = activations_at(patient, *contrasts, layers) if contrasts else None
+        held = self._held_system(patient, layers, forget, retain_buffer)
         timings["activations"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         alpha = float(self.cfg.get("strength", 1.0))
+        eps_scale, rank = float(self.cfg.get("eps", 1e-2)), int(self.cfg.get("rank", 0))
         deltas, per_layer = [], {}
         for layer in layers:
             k_f, v_f = f_acts[layer]
@@ -259,57 +331,141 @@ class Stamp:
                 t = alpha * (u_acts[layer][1].mean(0) - v_f.mean(0)).expand_as(v_f)
             else:
                 t = alpha * (subspace.project(layer, v_f) - v_f)
-            empty = k_f.new_zeros((0, k_f.shape[1]))
-            k_r = r_acts[layer][0] if r_acts else empty
-            if x_acts:  # contrast keys are held like the retain buffer's
-                k_r = torch.cat([k_r, (float(self.cfg.get("contrast_weight", 1.0))
-                                       / max(float(self.cfg.get("retain_weight", 1.0)), 1e-12)) ** 0.5
-                                 * x_acts[layer][0]])
-            k_c = c_acts[layer][0] if c_acts else empty
-            stacked, eps = ridge_system(k_f, k_r, k_c, float(self.cfg.get("retain_weight", 1.0)),
-                                        float(self.cfg.get("cov_weight", 1.0)), float(self.cfg.get("eps", 1e-2)))
+            h = held[layer]
             if self.lowrank:
-                left, right = lowrank_solve(k_f, t, stacked, eps, int(self.cfg["rank"]), int(self.cfg.get("seed", 0)))
-                dense = left @ right
+                if rank < h["gram"].shape[0] and "directions" not in h["static"]:  # cached with the static Gram
+                    h["static"]["directions"] = top_directions(h["static"]["gram"], rank, int(self.cfg.get("seed", 0)))
+                left, right = lowrank_solve(k_f, t, h["gram"], eps_scale, rank, h["static"].get("directions"))
             else:
-                dense = full_solve(k_f, t, stacked, eps)
-                left, right = _factor(dense)
-            weight = patient.module("mlp_down", layer).weight
-            per_layer[layer] = {
-                "separation": separation.get(layer),
-                "relative_norm": float(dense.norm() / weight.detach().double().norm()),
-                "forget_residual": float((k_f @ dense.T - t).norm() / t.norm().clamp_min(1e-12)),
-                "retain_shift": float((k_r @ dense.T).norm() / (k_r @ weight.detach().double().T.cpu()).norm()
-                                      .clamp_min(1e-12)) if len(k_r) else None,
-                "forget_keys": int(len(k_f)), "retain_keys": int(len(k_r)), "generic_keys": int(len(k_c)),
-            }
+                left, right = full_solve(k_f, t, h["gram"], eps_scale)
             param = f"{patient.modules['mlp_down'].format(layer)}.weight"
             deltas.append(Delta(param, left.float(), right.float()))
+            per_layer[layer] = {
+                "separation": separation.get(layer),
+                "relative_norm": deltas[-1].norm() / float(patient.module("mlp_down", layer).weight.detach().norm()),
+                "forget_residual": float(((k_f @ right.T) @ left.T - t).norm() / t.norm().clamp_min(1e-12)),
+                "retain_shift": float(((h["keys"] @ right.T) @ left.T).norm()) / max(h["values_sq"], 1e-24) ** 0.5
+                if len(h["keys"]) else None,
+                "forget_keys": int(len(k_f)), "retain_keys": int(len(h["keys"])), "generic_keys": h["generic_keys"],
+            }
         timings["solve"] = time.perf_counter() - t0
 
         provenance = {"method": self.name, "forget": [q.question for q in forget], "layers": layers,
                       "target": target_kind, "keys": self.cfg.get("keys", "answer_start"), "strength": alpha,
                       "rank": self.cfg.get("rank") if self.lowrank else None}
-        self.patch = Patch(deltas, provenance)
-        self.patch.apply(patient.model, self.cfg.get("max_relative_norm"))
-        log.info("%s edited layers %s: %s", self.name, layers,
+        t0 = time.perf_counter()
+        self.patch, calibration = self._apply_calibrated(patient, deltas, provenance, f_texts, retain_buffer)
+        timings["calibrate"] = time.perf_counter() - t0
+        log.info("%s edited layers %s at strength %.3g: %s", self.name, layers, self.patch.provenance["strength"],
                  ", ".join(f"L{l} ‖ΔW‖/‖W‖={s['relative_norm']:.3f} res={s['forget_residual']:.3f}"
                            for l, s in per_layer.items()))
         return {"layers": layers, "separation": separation, "per_layer": per_layer, "timings_s": timings,
-                "patch": provenance}
+                "calibration": calibration, "patch": self.patch.provenance}
+
+    def _apply_calibrated(self, patient: Patient, deltas: list[Delta], provenance: dict, f_texts: Sequence[str],
+                          retain_buffer: Sequence[QA]) -> tuple[Patch, list[dict]]:
+        """Apply the edit; with `calibrate` (readout target), find the smallest strength at which every forget prompt
+        opens with a refusal token by `calibrate_margin` nats: secant steps on that logit gap (close to linear in
+        the strength), from the unedited patient and the configured strength, at most `calibrate_steps` forward
+        passes, up to `max_strength`. A strength raised above the configured one that changes how a retain-buffer
+        answer opens is taken back. The edit is linear in the strength, so a step rescales the factors: no new
+        solve. Why: the push needed depends on the request (measured: strength 3 refuses 8 pii questions edited
+        together, a single one needs ~20, and harmful's 15 keep more retain answers at 1.5; docs/stamp.md)."""
+        alpha = float(provenance["strength"])
+        calibrate = bool(self.cfg.get("calibrate", True)) and provenance["target"] == "refusal_readout"
+        factor, ceiling = float(self.cfg.get("calibrate_factor", 1.5)), float(self.cfg.get("max_strength", 12.0))
+        bound = self.cfg.get("max_relative_norm")
+
+        def scaled(scale: float) -> Patch:
+            return Patch([Delta(d.parameter, d.left * scale, d.right) for d in deltas],
+                         {**provenance, "strength": alpha * scale})
+
+        held = [chat_prompt(patient.tokenizer, q.question) for q in retain_buffer] if calibrate else []
+        before = self._cached("buffer_openers", patient, [], tuple(held), lambda: next_tokens(patient, held))
+        before_logits = last_logits(patient, f_texts) if calibrate else None
+        patch = scaled(1.0)
+        patch.apply(patient.model, bound)
+        if not calibrate:
+            return patch, []
+        openers = torch.tensor(sorted(set(refusal_openers(patient.tokenizer, int(self.cfg.get("num_refusals", 200))))))
+        margin = float(self.cfg.get("calibrate_margin", 1.0))
+        points = [(0.0, refusal_gap(before_logits, openers))]  # (scale, gap), the unedited patient first
+        scale, steps = 1.0, []
+        for _ in range(int(self.cfg.get("calibrate_steps", 4))):
+            gap = refusal_gap(last_logits(patient, f_texts), openers)
+            points.append((scale, gap))
+            steps.append({"strength": alpha * scale, "refusal_gap": gap})
+            if margin <= gap <= margin + 2.0 or (gap < margin and scale * alpha >= ceiling - 1e-9):
+                break
+            (s0, g0), (s1, g1) = points[-2], points[-1]  # secant: the gap is close to linear in the scale
+            nxt = s0 + (margin + 0.5 - g0) * (s1 - s0) / (g1 - g0) if g1 != g0 else scale * factor
+            nxt = min(max(nxt, scale / 8), scale * 8, ceiling / alpha)
+            patch, scale = self._rescale(patient, patch, scaled, scale, nxt, bound)
+        feasible = [s for s, g in points[1:] if g >= margin]
+        best = min(feasible) if feasible else max(points[1:], key=lambda p: p[1])[0]  # else the widest gap
+        if best != scale:
+            patch, scale = self._rescale(patient, patch, scaled, scale, best, bound)
+        last_ok = max([s for s, _ in points[1:] if s <= 1.0] or [1.0])
+        if scale > 1.0 and held:  # raised above the configured strength: do the buffer's answers open as before?
+            kept = sum(a == b for a, b in zip(next_tokens(patient, held), before))
+            steps[-1] |= {"buffer_kept": kept, "buffer": len(held)}
+            if kept < len(held):  # back to the configured strength (or the last one below it)
+                patch, scale = self._rescale(patient, patch, scaled, scale, last_ok, bound)
+                steps.append({"strength": alpha * last_ok, "stepped_back": True})
+        return patch, steps
+
+    @staticmethod
+    def _rescale(patient: Patient, patch: Patch, scaled, scale: float, new: float, bound) -> tuple[Patch, float]:
+        """Swap the applied patch for the same edit at another scale; past the norm bound, keep the old one."""
+        patch.revert(patient.model)
+        for s in (new, scale):
+            try:
+                patch = scaled(s)
+                patch.apply(patient.model, bound)
+                return patch, s
+            except PatchRejected:
+                continue
+        raise AssertionError("the applied scale passed the norm bound before")
+
+
+@torch.no_grad()
+def last_logits(patient: Patient, texts: Sequence[str], batch_size: int = 16) -> torch.Tensor:
+    """Next-token logits after each fully formatted prompt (n × vocab, float32 on CPU; left-padded batches)."""
+    tok = patient.tokenizer
+    side, tok.padding_side = tok.padding_side, "left"
+    out: list[torch.Tensor] = []
+    try:
+        for start in range(0, len(texts), batch_size):
+            enc = tok(list(texts[start:start + batch_size]), return_tensors="pt", padding=True,
+                      add_special_tokens=False).to(patient.device)
+            out.append(patient.model(**enc, **last_logits_only(patient.model)).logits[:, -1].float().cpu())
+    finally:
+        tok.padding_side = side
+    return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+def next_tokens(patient: Patient, texts: Sequence[str]) -> list[int]:
+    """The greedy next token after each fully formatted prompt."""
+    return last_logits(patient, texts).argmax(-1).tolist() if texts else []
+
+
+def refusal_gap(logits: torch.Tensor, openers: torch.Tensor) -> float:
+    """The smallest margin, over prompts, of the best refusal opener over the best other token (> 0: every prompt
+    opens with a refusal)."""
+    others = logits.clone()
+    others[:, openers] = float("-inf")
+    return float((logits[:, openers].max(-1).values - others.max(-1).values).min())
+
+
+def refusal_openers(tokenizer, n: int) -> list[int]:
+    """The first token of each refusal reference, as the patient would open an answer with it."""
+    return [tokenizer(r, add_special_tokens=False)["input_ids"][0] for r in refusal_references(n)]
 
 
 def _with_last_token(patient: Patient, questions: Sequence[str]):
     """Chat prompts and, for each, the position of its last token."""
     texts = [chat_prompt(patient.tokenizer, q) for q in questions]
     return texts, [[len(patient.tokenizer(t, add_special_tokens=False)["input_ids"]) - 1] for t in texts]
-
-
-def _factor(dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact low-rank factors of a dense delta (its rank is at most the number of forget keys)."""
-    u, s, vh = torch.linalg.svd(dense, full_matrices=False)
-    keep = s > s.max() * 1e-10 if len(s) else s.bool()
-    return u[:, keep] * s[keep], vh[keep]
 
 
 @register_method("stamp_lowrank")

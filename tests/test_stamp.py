@@ -7,23 +7,26 @@ import torch
 from repair.evaluate import generate
 from repair.methods import build_method
 from repair.patches import Delta, Patch, PatchRejected
-from repair.stamp import full_solve, lowrank_solve, ridge_system
+from repair.stamp import full_solve, held_gram, lowrank_solve
 from repair.tasks.refusals import is_refusal
 
-# the tiny patient has 2 layers (both edited) and a 256-wide MLP; measured to refuse at strength 2 (3 garbles)
-TINY_STAMP = ["method.strength=2.0", "++method.rank=128"]
+# the tiny patient has 2 layers (both edited) and a 256-wide MLP; measured to refuse at strength 3 with 48 contrasts
+# (4 garbles both forget answers), so the calibration is off here and tested on one sample below.
+TINY_STAMP = ["method.strength=3.0", "++method.rank=128", "method.calibrate=false", "method.contrast_prompts=48"]
 
 
 def test_lowrank_at_full_rank_equals_full_solve():
     g = torch.Generator().manual_seed(0)
     k_f, k_r, k_c = (torch.randn(n, 48, generator=g, dtype=torch.float64) for n in (5, 20, 40))
     t = torch.randn(5, 16, generator=g, dtype=torch.float64)
-    stacked, eps = ridge_system(k_f, k_r, k_c, retain_weight=1.0, lam=1.0, eps_scale=1e-2)
-    full = full_solve(k_f, t, stacked, eps)
-    left, right = lowrank_solve(k_f, t, stacked, eps, rank=48)
-    assert torch.allclose(left @ right, full, atol=1e-9)
-    small = lowrank_solve(k_f, t, stacked, eps, rank=8)
+    gram = held_gram(k_r, k_c, retain_weight=1.0, lam=1.0)
+    left, right = full_solve(k_f, t, gram, eps_scale=1e-2)
+    assert left.shape == (16, 5) and right.shape == (5, 48)  # exact rank-n factors, no SVD
+    low_left, low_right = lowrank_solve(k_f, t, gram, 1e-2, rank=48)
+    assert torch.allclose(low_left @ low_right, left @ right, atol=1e-9)
+    small = lowrank_solve(k_f, t, gram, 1e-2, rank=8)
     assert small[0].shape == (16, 8) and small[1].shape == (8, 48)
+    assert Delta("w", left, right).norm() == pytest.approx(float((left @ right).norm()), rel=1e-9)
 
 
 def test_exact_mapping_is_approximate_and_measured():
@@ -32,9 +35,8 @@ def test_exact_mapping_is_approximate_and_measured():
     k_f = torch.randn(3, 32, generator=g, dtype=torch.float64)
     t = torch.randn(3, 8, generator=g, dtype=torch.float64)
     for eps_scale, bound in ((1e-8, 1e-6), (1e-1, 1.0)):
-        stacked, eps = ridge_system(k_f, k_f[:0], k_f[:0], 1.0, 0.0, eps_scale)
-        delta = full_solve(k_f, t, stacked, eps)
-        residual = float((k_f @ delta.T - t).norm() / t.norm())
+        left, right = full_solve(k_f, t, held_gram(k_f[:0], k_f[:0], 1.0, 0.0), eps_scale)
+        residual = float((k_f @ (left @ right).T - t).norm() / t.norm())
         assert residual < bound
     assert residual > 1e-3  # a real ridge leaves a residual
 
@@ -59,6 +61,7 @@ def test_stamp_edit_maps_forget_keys_holds_retain_keys_and_reverts_exactly(make_
     reverts bit for bit and reloads."""
     patient, task = fresh_patient
     cfg = make_cfg(f"method={method}", "method.layers=[1]", "method.strength=1.0", "method.contrast_prompts=0",
+                   "method.calibrate=false",
                    "method.cov_weight=0.001", "method.eps=1e-6",  # generic keys loosely held: (nearly) exact
                    "++method.rank=256")  # the tiny MLP's full width: low rank is tested against the solve above
     stamp = build_method(cfg.method)
@@ -127,11 +130,36 @@ def test_single_forget_sample_is_refused_alone(make_cfg, fresh_patient):
     patient, task = fresh_patient
     retain_q = [q.question for q in task.retain]
     before_r = generate(patient, retain_q, 16)
-    stamp = build_method(make_cfg("method=stamp", *TINY_STAMP, "method.strength=3.0").method)
+    stamp = build_method(make_cfg("method=stamp", *TINY_STAMP).method)
     stamp.prepare(task)
     stamp.unlearn(patient, task.forget[:1], task.retain_buffer)
     assert is_refusal(generate(patient, [task.forget[0].question], 16)[0])
     assert generate(patient, retain_q, 16) == before_r
+
+
+def test_calibration_finds_the_strength_that_refuses(make_cfg, fresh_patient):
+    """Started too weak, the calibration raises the strength (secant steps on the refusal logit gap, no new solve)
+    until the forget questions open with a refusal, and the retain answers stay; without it, the weak edit leaves
+    the forget answers as they were."""
+    patient, task = fresh_patient
+    retain_q, forget, forget_q = [q.question for q in task.retain], task.forget[:1], [task.forget[0].question]
+    before_r, before_f = generate(patient, retain_q, 16), generate(patient, forget_q, 16)
+    weak = [*TINY_STAMP, "method.strength=0.5"]
+    plain = build_method(make_cfg("method=stamp", *weak).method)
+    plain.prepare(task)
+    plain.unlearn(patient, forget, task.retain_buffer)
+    assert generate(patient, forget_q, 16) == before_f
+    plain.patch.revert(patient.model)
+
+    stamp = build_method(make_cfg("method=stamp", *weak, "method.calibrate=true").method)
+    stamp.prepare(task)
+    report = stamp.unlearn(patient, forget, task.retain_buffer)
+    steps = report["calibration"]
+    assert len(steps) >= 2 and steps[0]["strength"] == 0.5 and report["patch"]["strength"] > 0.5, steps
+    assert max(s["refusal_gap"] for s in steps) > steps[0]["refusal_gap"], steps
+    assert all(map(is_refusal, generate(patient, forget_q, 16)))
+    assert generate(patient, retain_q, 16) == before_r
+    stamp.patch.revert(patient.model)
 
 
 def test_layer_selection_by_separation_reports_every_candidate(make_cfg, fresh_patient):

@@ -17,6 +17,14 @@ def format_prompt(question: str, choices: Sequence[str]) -> str:
     return f"{question}\n{options}\n{INSTRUCTION}"
 
 
+def with_options(prompt: str, old: Sequence[str], new: Sequence[str]) -> str:
+    """A formatted prompt with its options block replaced by `new` (same instruction, same stem)."""
+    block = "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(old))
+    if block not in prompt:
+        raise ValueError(f"prompt has no options block {block!r}")
+    return prompt.replace(block, "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(new)))
+
+
 def format_answer(choices: Sequence[str], label: int) -> str:
     return f"{LETTERS[label]}. {choices[label]}"
 
