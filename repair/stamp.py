@@ -356,6 +356,8 @@ class Stamp:
         t0 = time.perf_counter()
         self.patch, calibration = self._apply_calibrated(patient, deltas, provenance, f_texts, retain_buffer)
         timings["calibrate"] = time.perf_counter() - t0
+        for stats in per_layer.values():  # the edit is linear in the strength: norms at the applied one
+            stats["relative_norm"] *= self.patch.provenance["strength"] / alpha
         log.info("%s edited layers %s at strength %.3g: %s", self.name, layers, self.patch.provenance["strength"],
                  ", ".join(f"L{l} ‖ΔW‖/‖W‖={s['relative_norm']:.3f} res={s['forget_residual']:.3f}"
                            for l, s in per_layer.items()))

@@ -2,10 +2,11 @@
 
     python scripts/bench_stamp_single.py [hydra overrides ...]
 
-For each method (STAMP, STAMP-LR r=64, 128, 256) and each of the first `N` forget questions of pii, in turn: edit for
-that one question (activations + solve; wall and CPU seconds, the first edit also fills the per-patient generic-key
-cache), check the question and its paraphrase are refused, score retain answers (all retain people outside the
-buffer) and perplexity against before, revert. Prints a Markdown table (docs/stamp.md).
+For each setting (STAMP; STAMP-LR r=64 with contrasts from the forget question or from the cached retain buffer;
+r=128 from the buffer) and each of the first `N` forget questions of pii, in turn: edit for that one question
+(activations + solve + calibration; wall and CPU seconds; the first edit also fills the per-patient caches and is
+reported apart), check the question and its paraphrase are refused, score retain answers (all retain people outside
+the buffer) and perplexity against before, revert. Prints a Markdown table (docs/stamp.md).
 """
 from __future__ import annotations
 
@@ -44,17 +45,20 @@ def main() -> None:
     rl_before = sum(rouge_l_recall(a, q.answer) for a, q in zip(r_before, retain)) / len(retain)
     ppl_before = perplexity(patient.model, patient.tokenizer, task.corpus)
     print(f"before: R-RL {rl_before:.3f}, PPL {ppl_before:.2f}, {len(retain)} retain questions\n")
-    print("| method | forget question refused | its paraphrase refused | R-RL after / before | retain answers "
-          "unchanged | PPL after / before | edit wall s (first, then median) | edit CPU s (median) |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name, extra in (("stamp", {}), *((("stamp_lowrank", {"rank": r})) for r in (64, 128, 256))):
+    print("| setting | forget question refused | its paraphrase refused | R-RL after / before | retain answers "
+          "unchanged | PPL after / before | calibrated strength (median) | edit wall s (first, then median) | "
+          "edit CPU s (median) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    settings = (("stamp", {}), ("stamp_lowrank", {"rank": 64}), ("stamp_lowrank", {"rank": 64, "contrast_source": "buffer"}),
+                ("stamp_lowrank", {"rank": 128, "contrast_source": "buffer"}))
+    for name, extra in settings:
         method = build_method({**dict(cfg.method), "name": name, **extra})
         method.prepare(task)
         refused = para = 0
-        ratios, unchanged, ppls, walls, cpus = [], [], [], [], []
+        ratios, unchanged, ppls, walls, cpus, strengths = [], [], [], [], [], []
         for q in task.forget[:N]:
             w0, c0 = time.perf_counter(), time.process_time()
-            method.unlearn(patient, [q], task.retain_buffer)
+            strengths.append(method.unlearn(patient, [q], task.retain_buffer)["patch"]["strength"])
             walls.append(time.perf_counter() - w0)
             cpus.append(time.process_time() - c0)
             refused += is_refusal(generate(patient, [q.question], 32)[0])
@@ -64,9 +68,10 @@ def main() -> None:
             unchanged.append(sum(a == b for a, b in zip(r_after, r_before)) / len(r_q))
             ppls.append(perplexity(patient.model, patient.tokenizer, task.corpus) / ppl_before)
             method.patch.revert(patient.model)
-        label = name + (f" r={extra['rank']}" if extra else "")
+        label = name + "".join(f" {k}={v}" for k, v in extra.items())
         print(f"| {label} | {refused}/{N} | {para}/{N} | {min(ratios):.3f} (min), {statistics.mean(ratios):.3f} (mean)"
-              f" | {100 * min(unchanged):.0f}% (min) | {max(ppls):.4f} (max) | {walls[0]:.2f}, "
+              f" | {100 * min(unchanged):.0f}% (min) | {max(ppls):.4f} (max) | {statistics.median(strengths):.1f} | "
+              f"{walls[0]:.2f}, "
               f"{statistics.median(walls[1:]):.2f} | {statistics.median(cpus[1:]):.2f} |", flush=True)
 
 

@@ -214,7 +214,8 @@ def test_every_chat_config_composes_and_builds(chat_cfg, implanted, cache_dir, w
 
 # ---------------------------------------------------------------------------------------- chat sessions
 def test_a_forget_request_is_detected_planned_applied_verified_and_the_model_refuses(session_for):
-    session = session_for("method.strength=2.0")  # the 2-layer tiny patient refuses at 2 (tests/test_stamp.py)
+    # the 2-layer tiny patient refuses at 3 with 48 contrasts, calibration off (TINY_STAMP in tests/test_stamp.py)
+    session = session_for("method.strength=3.0", "method.calibrate=false", "method.contrast_prompts=48")
     assert not is_refusal(session.handle(QUESTION).text)
     reply = session.handle(f"Please forget everything you know about {SUBJECT}.")
     assert reply.kind == "applied", reply.text
