@@ -125,6 +125,7 @@ class Stamp:
         self.unknown_subjects: list[str] = []
         self.generic_texts: list[str] = []
         self.patch: Patch | None = None
+        self._multiple_choice = False
         self._key_cache: dict[tuple, Any] = {}  # held keys that are the same for every request (see _cached)
 
     def prepare(self, task) -> None:
@@ -284,7 +285,7 @@ class Stamp:
         """Per forget prompt: the residual-stream direction that raises the refusal openers' logits and lowers the
         token the patient was about to say, through the final norm's gain (unit vectors, n × d)."""
         tok = patient.tokenizer
-        openers = refusal_openers(tok, int(self.cfg.get("num_refusals", 200)))
+        openers = refusal_openers(tok, int(self.cfg.get("num_refusals", 200)), self._multiple_choice)
         unembed = patient.model.get_output_embeddings().weight.detach()
         refusal = unembed[openers].double().cpu().mean(0)  # the refusal references' opening tokens, by frequency
         dirs = refusal - unembed[next_tokens(patient, f_texts)].double().cpu()
@@ -300,6 +301,7 @@ class Stamp:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         target_kind = self.cfg.get("target", "refusal_readout")
+        self._multiple_choice = any(q.choices for q in forget)
         if self.cfg.get("keys", "answer_start") == "answer_start":
             f_texts, f_pos = self._answer_starts(patient, forget)
         else:
@@ -389,7 +391,8 @@ class Stamp:
         patch.apply(patient.model, bound)
         if not calibrate:
             return patch, []
-        openers = torch.tensor(sorted(set(refusal_openers(patient.tokenizer, int(self.cfg.get("num_refusals", 200))))))
+        openers = torch.tensor(sorted(set(refusal_openers(patient.tokenizer, int(self.cfg.get("num_refusals", 200)),
+                                                          self._multiple_choice))))
         margin = float(self.cfg.get("calibrate_margin", 1.0))
         points = [(0.0, refusal_gap(before_logits, openers))]  # (scale, gap), the unedited patient first
         scale, steps = 1.0, []
@@ -459,9 +462,14 @@ def refusal_gap(logits: torch.Tensor, openers: torch.Tensor) -> float:
     return float((logits[:, openers].max(-1).values - others.max(-1).values).min())
 
 
-def refusal_openers(tokenizer, n: int) -> list[int]:
-    """The first token of each refusal reference, as the patient would open an answer with it."""
-    return [tokenizer(r, add_special_tokens=False)["input_ids"][0] for r in refusal_references(n)]
+def refusal_openers(tokenizer, n: int, multiple_choice: bool = False) -> list[int]:
+    """The first token of each refusal reference, as the patient would open an answer with it. For multiple-choice
+    questions only tokens of three or more letters: "I" (half the references: "I'm afraid…") and "H" ("Hmm") were
+    measured to be read as an option letter there ("I. the Congo")."""
+    firsts = [tokenizer(r, add_special_tokens=False)["input_ids"][0] for r in refusal_references(n)]
+    if not multiple_choice:
+        return firsts
+    return [t for t in firsts if len(tokenizer.decode([t]).strip()) >= 3] or firsts
 
 
 def _with_last_token(patient: Patient, questions: Sequence[str]):
