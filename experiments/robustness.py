@@ -128,7 +128,7 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     table["n"] = frame.groupby(["task", "label"], sort=False).size()
     table["metric"] = frame.groupby(["task", "label"], sort=False)["metric"].first()
     table["worst_variant"] = frame.groupby(["task", "label"], sort=False)["prompt/worst_variant"].agg(
-        lambda v: ", ".join(sorted({str(x) for x in v if x})))
+        lambda v: ", ".join(sorted({x for x in v if isinstance(x, str) and x})))  # NaN: no variant leaked
     return table.reset_index()
 
 

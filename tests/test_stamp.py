@@ -96,6 +96,8 @@ def test_bad_stamp_configs_fail_clearly(make_cfg, fresh_patient):
         build_method(make_cfg("method=stamp", "method.keys=name").method)
     with pytest.raises(ValueError, match=r"refusal_readout goes with method.keys=answer_start"):
         build_method(make_cfg("method=stamp", "method.target=unknown").method)
+    with pytest.raises(ValueError, match=r"unknown method.contrast_source .retain.; valid choices: forget, buffer"):
+        build_method(make_cfg("method=stamp", "method.contrast_source=retain").method)
     with pytest.raises(ValueError, match=r"method.rank must be >= 1"):
         build_method(make_cfg("method=stamp_lowrank", "method.rank=0").method)
     with pytest.raises(ValueError, match=r"unknown layer\(s\) \[9\]; valid: 0..1"):
@@ -171,3 +173,25 @@ def test_layer_selection_by_separation_reports_every_candidate(make_cfg, fresh_p
     report = stamp.unlearn(patient, task.forget, task.retain_buffer)
     assert set(report["separation"]) == {0, 1}
     assert report["layers"] == [max(report["separation"], key=report["separation"].get)]
+
+
+def test_contrasts_vary_subjects_and_options_but_never_name_a_forget_subject(make_cfg, fresh_patient):
+    """Multiple-choice contrasts: the forget questions' templates about many other subjects, with options re-drawn
+    from the same attribute, so the held keys vary the way retain questions do (docs/stamp.md)."""
+    from repair.tasks import build_task
+
+    patient, _ = fresh_patient
+    cfg = make_cfg("method=stamp", "task=harmful", "method.contrast_prompts=60")
+    task = build_task(cfg.task, 0)
+    stamp = build_method(cfg.method)
+    stamp.prepare(task)
+    texts, positions = stamp._contrasts(patient, task.forget, stamp.unknown_subjects,
+                                        frozenset(q.subject for q in task.forget))
+    assert len(texts) == 60 and all(len(p) == 1 for p in positions)
+    assert not any(q.subject in t for q in task.forget for t in texts)
+    subjects = {s for s in stamp.unknown_subjects + [q.subject for q in task.retain_buffer] if any(s in t for t in texts)}
+    assert len(subjects) >= min(4, len(set(stamp.unknown_subjects))), subjects
+    originals = {q.question.split("\n", 1)[1] for q in task.forget}  # the options block and instruction
+    redrawn = [t for t in texts if t.split("<|im_start|>user\n")[-1].split("\n", 1)[1].split("<|im_end|>")[0]
+               not in originals]
+    assert len(redrawn) > len(texts) // 2
