@@ -396,27 +396,32 @@ class Stamp:
         margin = float(self.cfg.get("calibrate_margin", 1.0))
         points = [(0.0, refusal_gap(before_logits, openers))]  # (scale, gap), the unedited patient first
         scale, steps = 1.0, []
-        for _ in range(int(self.cfg.get("calibrate_steps", 4))):
+        for _ in range(int(self.cfg.get("calibrate_steps", 6))):
             gap = refusal_gap(last_logits(patient, f_texts), openers)
             points.append((scale, gap))
             steps.append({"strength": alpha * scale, "refusal_gap": gap})
             if margin <= gap <= margin + 2.0 or (gap < margin and scale * alpha >= ceiling - 1e-9):
                 break
-            (s0, g0), (s1, g1) = points[-2], points[-1]  # secant: the gap is close to linear in the scale
-            nxt = s0 + (margin + 0.5 - g0) * (s1 - s0) / (g1 - g0) if g1 != g0 else scale * factor
+            nxt = _next_scale(points, margin, factor)
             nxt = min(max(nxt, scale / 8), scale * 8, ceiling / alpha)
+            if any(abs(nxt / s - 1) < 0.05 for s, _ in points[1:]):
+                break  # nothing new to try
             patch, scale = self._rescale(patient, patch, scaled, scale, nxt, bound)
-        feasible = [s for s, g in points[1:] if g >= margin]
-        best = min(feasible) if feasible else max(points[1:], key=lambda p: p[1])[0]  # else the widest gap
+        tried = points[1:]
+        feasible = [s for s, g in tried if g >= margin]
+        best = min(feasible) if feasible else max(tried, key=lambda p: p[1])[0]  # else the widest gap
         if best != scale:
             patch, scale = self._rescale(patient, patch, scaled, scale, best, bound)
-        last_ok = max([s for s, _ in points[1:] if s <= 1.0] or [1.0])
         if scale > 1.0 and held:  # raised above the configured strength: do the buffer's answers open as before?
             kept = sum(a == b for a, b in zip(next_tokens(patient, held), before))
             steps[-1] |= {"buffer_kept": kept, "buffer": len(held)}
-            if kept < len(held):  # back to the configured strength (or the last one below it)
-                patch, scale = self._rescale(patient, patch, scaled, scale, last_ok, bound)
-                steps.append({"strength": alpha * last_ok, "stepped_back": True})
+            if kept < len(held):  # back: the widest-gap lower strengths that keep the buffer, else the configured one
+                lower = [s for s, _ in sorted(tried, key=lambda p: -p[1]) if 1.0 < s < scale][:2]
+                for fallback in [*lower, 1.0]:
+                    patch, scale = self._rescale(patient, patch, scaled, scale, fallback, bound)
+                    if scale <= 1.0 or all(a == b for a, b in zip(next_tokens(patient, held), before)):
+                        break
+                steps.append({"strength": alpha * scale, "stepped_back": True})
         return patch, steps
 
     @staticmethod
@@ -431,6 +436,17 @@ class Stamp:
             except PatchRejected:
                 continue
         raise AssertionError("the applied scale passed the norm bound before")
+
+
+def _next_scale(points: list[tuple[float, float]], margin: float, factor: float) -> float:
+    """The next scale to try: a secant step on the last two (scale, gap) points, aiming half a nat past the margin;
+    after a step that made the gap worse than the best so far (the gap is not monotonic in the scale), the
+    geometric middle between the best scale and the last one instead."""
+    (s0, g0), (s1, g1) = points[-2], points[-1]
+    best_s, best_g = max(points[1:], key=lambda p: p[1])
+    if g1 < best_g:
+        return (best_s * s1) ** 0.5
+    return s0 + (margin + 0.5 - g0) * (s1 - s0) / (g1 - g0) if g1 != g0 else s1 * factor
 
 
 @torch.no_grad()
