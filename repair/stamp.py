@@ -412,6 +412,7 @@ class Stamp:
         best = min(feasible) if feasible else max(tried, key=lambda p: p[1])[0]  # else the widest gap
         if best != scale:
             patch, scale = self._rescale(patient, patch, scaled, scale, best, bound)
+        steps.append({"strength": alpha * scale, "refusal_gap": dict(tried)[scale], "chosen": True})
         if scale > 1.0 and held:  # raised above the configured strength: do the buffer's answers open as before?
             kept = sum(a == b for a, b in zip(next_tokens(patient, held), before))
             steps[-1] |= {"buffer_kept": kept, "buffer": len(held)}

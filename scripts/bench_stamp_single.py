@@ -10,6 +10,7 @@ the buffer) and perplexity against before, revert. Prints a Markdown table (docs
 """
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import time
@@ -32,7 +33,7 @@ N = 4
 
 
 def main() -> None:
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", 2)))  # 1 when another run shares the cores
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=["method=stamp", "logger=none", "task=pii", *sys.argv[1:]])
     patient = patients.load(cfg.patient, cfg.cache_dir)
