@@ -16,9 +16,10 @@ outputs at the subject's tokens cannot hide them; at the answer start they can.
 Other targets, kept for the ablations (keys at the subject's tokens): the projection onto the refusal subspace of MLP
 outputs on refusal answers (`refusal`), what the patient computes for a subject it refuses (`unknown`), or one shared
 unknown-minus-forget direction (`direction`). Retain-buffer keys are held in place (for `answer_start`: at every
-prompt and answer token), and so are keys from ordinary text (weighted per token by `cov_weight`). STAMP-LR solves
-the same problem inside an r-dimensional key subspace (the forget keys plus the top singular directions of all keys):
-O(r³ + r²d) instead of O(m³); at full rank it equals STAMP. Every edit is a reversible `Patch`.
+prompt and answer token), and so are keys from ordinary text (weighted per token by `cov_weight`); their Gram is
+cached per patient. STAMP-LR solves the same problem inside an r-dimensional key subspace (the forget keys plus the
+top directions of the held keys' Gram): O(m²r + r³) per request instead of O(m³); at full rank it equals STAMP. The
+strength is calibrated per request (the edit is linear in it). Every edit is a reversible `Patch`.
 """
 from __future__ import annotations
 
