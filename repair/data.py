@@ -1,6 +1,7 @@
 """Turn QA items into token batches with the patient's chat template; the loss is on answer tokens only."""
 from __future__ import annotations
 
+import contextlib
 from typing import Iterable, Sequence
 
 import torch
@@ -13,6 +14,16 @@ def chat_prompt(tokenizer, question: str) -> str:
     """The question as the patient sees it at inference: chat template with the assistant turn opened."""
     return tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
                                          add_generation_prompt=True)
+
+
+@contextlib.contextmanager
+def padding_side(tokenizer, side: str):
+    """Pad on `side` inside the block (left for generation and next-token logits, right for scoring), then restore."""
+    before, tokenizer.padding_side = tokenizer.padding_side, side
+    try:
+        yield tokenizer
+    finally:
+        tokenizer.padding_side = before
 
 
 def answer_suffix(tokenizer) -> str:

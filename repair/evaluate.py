@@ -6,7 +6,7 @@ from typing import Sequence
 
 import torch
 
-from repair.data import chat_prompt
+from repair.data import chat_prompt, padding_side
 from repair.loglik import choice_loglik_accuracy, run_lm_eval
 from repair.metrics import perplexity, rouge_l_recall
 from repair.patient import Patient
@@ -30,17 +30,14 @@ def generate_prompts(patient: Patient, prompts: Sequence[str], max_new_tokens: i
                      desc: str = "generate") -> list[str]:
     """Greedy continuations of fully formatted prompts (multi-turn chats, prefilled answers), left-padded."""
     tok, model = patient.tokenizer, patient.model
-    side, tok.padding_side = tok.padding_side, "left"
     answers: list[str] = []
-    try:
+    with padding_side(tok, "left"):
         for start in progress(range(0, len(prompts), batch_size), desc=desc, disable=len(prompts) <= batch_size):
             enc = tok(prompts[start:start + batch_size], return_tensors="pt", padding=True,
                       add_special_tokens=False).to(patient.device)
             out = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
                                  pad_token_id=tok.pad_token_id, temperature=None, top_p=None, top_k=None)
             answers += tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-    finally:
-        tok.padding_side = side
     return [a.strip() for a in answers]
 
 

@@ -7,6 +7,8 @@ from typing import Sequence
 
 import torch
 
+from repair.data import padding_side
+
 
 @functools.lru_cache(maxsize=1)
 def _scorer():
@@ -25,9 +27,7 @@ def perplexity(model, tokenizer, texts: Sequence[str], batch_size: int = 8, max_
     """Token-level perplexity of plain text (no chat template): exp of the mean next-token NLL."""
     device = next(model.parameters()).device
     total_nll, total_tokens = 0.0, 0
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "right"
-    try:
+    with padding_side(tokenizer, "right"):
         for start in range(0, len(texts), batch_size):
             enc = tokenizer(list(texts[start:start + batch_size]), return_tensors="pt", padding=True,
                             truncation=True, max_length=max_length).to(device)
@@ -37,6 +37,4 @@ def perplexity(model, tokenizer, texts: Sequence[str], batch_size: int = 8, max_
             nll = torch.nn.functional.cross_entropy(logits[mask], targets[mask], reduction="sum")
             total_nll += float(nll)
             total_tokens += int(mask.sum())
-    finally:
-        tokenizer.padding_side = side
     return math.exp(total_nll / max(total_tokens, 1))

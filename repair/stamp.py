@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 import torch
 
-from repair.data import chat_prompt
+from repair.data import chat_prompt, padding_side
 from repair.methods import register_method
 from repair.patches import Delta, Patch, PatchRejected
 from repair.patient import Patient
@@ -126,7 +126,6 @@ class Stamp:
         self.unknown_subjects: list[str] = []
         self.generic_texts: list[str] = []
         self.patch: Patch | None = None
-        self._multiple_choice = False
         self._key_cache: dict[tuple, Any] = {}  # held keys that are the same for every request (see _cached)
 
     def prepare(self, task) -> None:
@@ -153,7 +152,8 @@ class Stamp:
         texts = [chat_prompt(patient.tokenizer, q.question) + q.answer for q in items]
         return texts, [token_positions(patient.tokenizer, t) for t in texts]
 
-    def _contrasts(self, patient: Patient, templates: Sequence[QA], unknown: Sequence[str], avoid: frozenset[str] = frozenset()):
+    def _contrasts(self, patient: Patient, templates: Sequence[QA], unknown: Sequence[str],
+                   avoid: frozenset[str] = frozenset()):
         """Questions of the forget questions' form about *other* subjects, held at the answer start: the edit must
         then key on what is specific to the forget subject, not on the question's format (measured: without them
         every multiple-choice question of `harmful` was refused). The forms are the retain buffer's questions (the
@@ -282,14 +282,13 @@ class Stamp:
         return candidates, separation, subspace, {l: f_acts[l] for l in candidates}
 
     @torch.no_grad()
-    def _readout_directions(self, patient: Patient, f_texts: Sequence[str]) -> torch.Tensor:
+    def _readout_directions(self, patient: Patient, openers: list[int], f_logits: torch.Tensor) -> torch.Tensor:
         """Per forget prompt: the residual-stream direction that raises the refusal openers' logits and lowers the
-        token the patient was about to say, through the final norm's gain (unit vectors, n × d)."""
-        tok = patient.tokenizer
-        openers = refusal_openers(tok, int(self.cfg.get("num_refusals", 200)), self._multiple_choice)
+        token the patient was about to say (the argmax of `f_logits`), through the final norm's gain (unit vectors,
+        n × d)."""
         unembed = patient.model.get_output_embeddings().weight.detach()
         refusal = unembed[openers].double().cpu().mean(0)  # the refusal references' opening tokens, by frequency
-        dirs = refusal - unembed[next_tokens(patient, f_texts)].double().cpu()
+        dirs = refusal - unembed[f_logits.argmax(-1).tolist()].double().cpu()
         norm = getattr(getattr(patient.model, "model", None), "norm", None)
         if norm is not None and getattr(norm, "weight", None) is not None:
             dirs = dirs * norm.weight.detach().double().cpu()
@@ -302,7 +301,6 @@ class Stamp:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         target_kind = self.cfg.get("target", "refusal_readout")
-        self._multiple_choice = any(q.choices for q in forget)
         if self.cfg.get("keys", "answer_start") == "answer_start":
             f_texts, f_pos = self._answer_starts(patient, forget)
         else:
@@ -315,8 +313,12 @@ class Stamp:
         t0 = time.perf_counter()
         if target_kind in ("unknown", "direction"):
             u_acts = activations_at(patient, u_texts, u_pos, layers)
-        if target_kind == "refusal_readout":
-            readout = self._readout_directions(patient, f_texts)
+        openers, f_logits = [], None
+        if target_kind == "refusal_readout":  # openers and the unedited next-token logits: readout and calibration
+            openers = refusal_openers(patient.tokenizer, int(self.cfg.get("num_refusals", 200)),
+                                      multiple_choice=any(q.choices for q in forget))
+            f_logits = last_logits(patient, f_texts)
+            readout = self._readout_directions(patient, openers, f_logits)
         held = self._held_system(patient, layers, forget, retain_buffer)
         timings["activations"] = time.perf_counter() - t0
 
@@ -357,7 +359,8 @@ class Stamp:
                       "target": target_kind, "keys": self.cfg.get("keys", "answer_start"), "strength": alpha,
                       "rank": self.cfg.get("rank") if self.lowrank else None}
         t0 = time.perf_counter()
-        self.patch, calibration = self._apply_calibrated(patient, deltas, provenance, f_texts, retain_buffer)
+        self.patch, calibration = self._apply_calibrated(patient, deltas, provenance, f_texts, retain_buffer, openers,
+                                                         f_logits)
         timings["calibrate"] = time.perf_counter() - t0
         for stats in per_layer.values():  # the edit is linear in the strength: norms at the applied one
             stats["relative_norm"] *= self.patch.provenance["strength"] / alpha
@@ -368,7 +371,8 @@ class Stamp:
                 "calibration": calibration, "patch": self.patch.provenance}
 
     def _apply_calibrated(self, patient: Patient, deltas: list[Delta], provenance: dict, f_texts: Sequence[str],
-                          retain_buffer: Sequence[QA]) -> tuple[Patch, list[dict]]:
+                          retain_buffer: Sequence[QA], openers: list[int], before_logits: torch.Tensor | None
+                          ) -> tuple[Patch, list[dict]]:
         """Apply the edit; with `calibrate` (readout target), find the smallest strength at which every forget prompt
         opens with a refusal token by `calibrate_margin` nats: secant steps on that logit gap (close to linear in
         the strength), from the unedited patient and the configured strength, at most `calibrate_steps` forward
@@ -387,18 +391,16 @@ class Stamp:
 
         held = [chat_prompt(patient.tokenizer, q.question) for q in retain_buffer] if calibrate else []
         before = self._cached("buffer_openers", patient, [], tuple(held), lambda: next_tokens(patient, held))
-        before_logits = last_logits(patient, f_texts) if calibrate else None
         patch = scaled(1.0)
         patch.apply(patient.model, bound)
         if not calibrate:
             return patch, []
-        openers = torch.tensor(sorted(set(refusal_openers(patient.tokenizer, int(self.cfg.get("num_refusals", 200)),
-                                                          self._multiple_choice))))
+        opener_ids = torch.tensor(sorted(set(openers)))
         margin = float(self.cfg.get("calibrate_margin", 1.0))
-        points = [(0.0, refusal_gap(before_logits, openers))]  # (scale, gap), the unedited patient first
+        points = [(0.0, refusal_gap(before_logits, opener_ids))]  # (scale, gap), the unedited patient first
         scale, steps = 1.0, []
         for _ in range(int(self.cfg.get("calibrate_steps", 6))):
-            gap = refusal_gap(last_logits(patient, f_texts), openers)
+            gap = refusal_gap(last_logits(patient, f_texts), opener_ids)
             points.append((scale, gap))
             steps.append({"strength": alpha * scale, "refusal_gap": gap})
             if margin <= gap <= margin + 2.0 or (gap < margin and scale * alpha >= ceiling - 1e-9):
@@ -454,16 +456,12 @@ def _next_scale(points: list[tuple[float, float]], margin: float, factor: float)
 @torch.no_grad()
 def last_logits(patient: Patient, texts: Sequence[str], batch_size: int = 16) -> torch.Tensor:
     """Next-token logits after each fully formatted prompt (n × vocab, float32 on CPU; left-padded batches)."""
-    tok = patient.tokenizer
-    side, tok.padding_side = tok.padding_side, "left"
     out: list[torch.Tensor] = []
-    try:
+    with padding_side(patient.tokenizer, "left") as tok:
         for start in range(0, len(texts), batch_size):
             enc = tok(list(texts[start:start + batch_size]), return_tensors="pt", padding=True,
                       add_special_tokens=False).to(patient.device)
             out.append(patient.model(**enc, **last_logits_only(patient.model)).logits[:, -1].float().cpu())
-    finally:
-        tok.padding_side = side
     return torch.cat(out) if out else torch.zeros(0, 0)
 
 
@@ -493,7 +491,7 @@ def refusal_openers(tokenizer, n: int, multiple_choice: bool = False) -> list[in
 def _with_last_token(patient: Patient, questions: Sequence[str]):
     """Chat prompts and, for each, the position of its last token."""
     texts = [chat_prompt(patient.tokenizer, q) for q in questions]
-    return texts, [[len(patient.tokenizer(t, add_special_tokens=False)["input_ids"]) - 1] for t in texts]
+    return texts, [token_positions(patient.tokenizer, t, last=1) for t in texts]
 
 
 @register_method("stamp_lowrank")

@@ -50,7 +50,8 @@ def main() -> None:
           "unchanged | PPL after / before | calibrated strength (median) | edit wall s (first, then median) | "
           "edit CPU s (median) |")
     print("|---|---|---|---|---|---|---|---|---|")
-    settings = (("stamp", {}), ("stamp_lowrank", {"rank": 64}), ("stamp_lowrank", {"rank": 64, "contrast_source": "buffer"}),
+    settings = (("stamp", {}), ("stamp_lowrank", {"rank": 64}),
+                ("stamp_lowrank", {"rank": 64, "contrast_source": "buffer"}),
                 ("stamp_lowrank", {"rank": 128, "contrast_source": "buffer"}))
     for name, extra in settings:
         method = build_method({**dict(cfg.method), "name": name, **extra})

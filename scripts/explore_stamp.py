@@ -3,8 +3,9 @@
     python scripts/explore_stamp.py pii '[{"strength": 3.0}, {"num_layers": 8, "strength": 1.5}]'
 
 Each JSON object overrides `conf/method/stamp.yaml`. For each: apply the edit, score forget answers (refusals,
-ROUGE-L, or option accuracy % for multiple choice), the first paraphrase of each, 24 retain questions of people *outside* the retain buffer (unchanged answers,
-refusals, ROUGE-L) and perplexity, then revert. One JSON line per setting; the tables in docs/stamp.md come from it.
+ROUGE-L, or option accuracy % for multiple choice), the first paraphrase of each, 24 (env RETAIN_N) retain questions
+of people *outside* the retain buffer (unchanged answers, refusals, ROUGE-L) and perplexity, then revert; with env
+PER_LAYER set, also each layer's residual. One JSON line per setting; the tables in docs/stamp.md come from it.
 """
 from __future__ import annotations
 
@@ -46,7 +47,8 @@ def main() -> None:
     task = build_task(cfg.task, int(cfg.seed))
     implant(patient, task, implant_recipe(cfg), cfg.cache_dir)
     buffer = {q.subject for q in task.retain_buffer}
-    forget, retain = task.forget, [q for q in task.retain if q.subject not in buffer][:int(os.environ.get("RETAIN_N", 24))]
+    outside = [q for q in task.retain if q.subject not in buffer]
+    forget, retain = task.forget, outside[:int(os.environ.get("RETAIN_N", 24))]
     f_q, r_q = [q.question for q in forget], [q.question for q in retain]
     p_q = [q.paraphrases[0] for q in forget if q.paraphrases]
     r_before = generate(patient, r_q, 32)
@@ -59,7 +61,8 @@ def main() -> None:
         report = method.unlearn(patient, forget, task.retain_buffer)
         seconds = time.perf_counter() - t0
         f_a, p_a, r_a = generate(patient, f_q, 32), generate(patient, p_q, 32), generate(patient, r_q, 32)
-        row = {"strength": round(report["patch"]["strength"], 3), "forget refused": f"{sum(map(is_refusal, f_a))}/{len(f_a)}", "F-RL": rouge(f_a, forget),
+        row = {"strength": round(report["patch"]["strength"], 3),
+               "forget refused": f"{sum(map(is_refusal, f_a))}/{len(f_a)}", "F-RL": rouge(f_a, forget),
                "paraphrase refused": f"{sum(map(is_refusal, p_a))}/{len(p_a)}", "P-RL": rouge(p_a, forget),
                "retain unchanged": f"{sum(a == b for a, b in zip(r_a, r_before))}/{len(r_a)}",
                "retain refused": sum(map(is_refusal, r_a)), "R-RL": rouge(r_a, retain),

@@ -189,7 +189,8 @@ def test_contrasts_vary_subjects_and_options_but_never_name_a_forget_subject(mak
                                         frozenset(q.subject for q in task.forget))
     assert len(texts) == 60 and all(len(p) == 1 for p in positions)
     assert not any(q.subject in t for q in task.forget for t in texts)
-    subjects = {s for s in stamp.unknown_subjects + [q.subject for q in task.retain_buffer] if any(s in t for t in texts)}
+    pool = stamp.unknown_subjects + [q.subject for q in task.retain_buffer]
+    subjects = {s for s in pool if any(s in t for t in texts)}
     assert len(subjects) >= min(4, len(set(stamp.unknown_subjects))), subjects
     originals = {q.question.split("\n", 1)[1] for q in task.forget}  # the options block and instruction
     redrawn = [t for t in texts if t.split("<|im_start|>user\n")[-1].split("\n", 1)[1].split("<|im_end|>")[0]
