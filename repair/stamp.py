@@ -80,7 +80,8 @@ def top_directions(gram: torch.Tensor, q: int, seed: int = 0) -> torch.Tensor:
 
 def lowrank_solve(k_f: torch.Tensor, t: torch.Tensor, gram: torch.Tensor, eps_scale: float, rank: int,
                   directions: torch.Tensor | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """The same solve restricted to an r-dimensional key subspace U: ΔW = D Uᵀ, D (d × r); O(m²r + r³) given G.
+    """The same solve restricted to an r-dimensional key subspace U, O(m²r + r³) given G; factors (Tᵀ, F A⁻¹ Uᵀ) with
+    F = K_f U, one column per forget key as for `full_solve` (the calibration scales them per forget prompt).
 
     U spans the forget keys plus the top directions of the held keys (`directions`, cached with G): the dominant
     held keys alone can miss the few directions that tell the forget sample apart (measured on the tiny patient:
@@ -96,7 +97,7 @@ def lowrank_solve(k_f: torch.Tensor, t: torch.Tensor, gram: torch.Tensor, eps_sc
     fu = k_f @ u                                                # (n, r)
     a = u.T @ (gram @ u) + fu.T @ fu
     a.diagonal().add_(ridge_eps(gram, k_f, eps_scale))
-    return torch.linalg.solve(a, fu.T @ t).T, u.T               # (d, r), (r, m)
+    return t.T.contiguous(), torch.linalg.solve(a, fu.T).T @ u.T  # ΔW = Tᵀ (F A⁻¹) Uᵀ: (d, n), (n, m)
 
 
 def fresh_unknown_subjects(n: int, seed: int) -> list[str]:
@@ -124,6 +125,7 @@ class Stamp:
                              "the answer begins); the other targets use method.keys=subject; got "
                              f"target={cfg.get('target')!r}, keys={cfg.get('keys')!r}")
         self.unknown_subjects: list[str] = []
+        self.subject_pool: list[str] = []  # fresh subjects of the task's kind, for contrasts (Task.subject_pool)
         self.generic_texts: list[str] = []
         self.patch: Patch | None = None
         self._key_cache: dict[tuple, Any] = {}  # held keys that are the same for every request (see _cached)
@@ -131,6 +133,7 @@ class Stamp:
     def prepare(self, task) -> None:
         """Task-level references: subjects the patient refuses (taught in implant) and ordinary text."""
         self.unknown_subjects = sorted({q.subject for q in task.idk if q.subject})
+        self.subject_pool = list(getattr(task, "subject_pool", []))
         self.generic_texts = list(task.corpus)
 
     # ------------------------------------------------------------------------------------------ keys and targets
@@ -162,14 +165,15 @@ class Stamp:
         measured to keep more retain answers, docs/stamp.md). Each contrast takes the next subject of a pool (the
         buffer's, the refused ones, made-up ones: more distinct subjects kept more retain answers, docs/stamp.md)
         and, for multiple choice, options re-drawn from the templates' options of the same attribute. Where the
-        subject is the whole question (`misinformation`), the other subjects are whole questions."""
+        subject is the whole question (`misinformation`), the other subjects are whole questions. Made-up subjects
+        come from the task's own generator (`Task.subject_pool`: fresh pathogens for `harmful`, not person names)."""
         n = int(self.cfg.get("contrast_prompts", 48))
         if n <= 0 or not templates:
             return None
         seed = int(self.cfg.get("seed", 0))
         rng = random.Random(seed)
         whole = all(q.subject == q.question.split("\n")[0] for q in templates if q.subject)
-        extra = list(GENERAL_QUESTIONS) if whole else fresh_unknown_subjects(n, seed)
+        extra = list(GENERAL_QUESTIONS) if whole else self.subject_pool or fresh_unknown_subjects(n, seed)
         own = [q.subject for q in templates if q.subject]
         pool = [s for s in dict.fromkeys([*own, *unknown, *extra]) if s not in avoid]
         options: dict[str, list[str]] = {}
@@ -347,7 +351,7 @@ class Stamp:
             deltas.append(Delta(param, left.float(), right.float()))
             per_layer[layer] = {
                 "separation": separation.get(layer),
-                "relative_norm": deltas[-1].norm() / float(patient.module("mlp_down", layer).weight.detach().norm()),
+                "weight_norm": float(patient.module("mlp_down", layer).weight.detach().norm()),
                 "forget_residual": float(((k_f @ right.T) @ left.T - t).norm() / t.norm().clamp_min(1e-12)),
                 "retain_shift": float(((h["keys"] @ right.T) @ left.T).norm()) / max(h["values_sq"], 1e-24) ** 0.5
                 if len(h["keys"]) else None,
@@ -362,8 +366,8 @@ class Stamp:
         self.patch, calibration = self._apply_calibrated(patient, deltas, provenance, f_texts, retain_buffer, openers,
                                                          f_logits)
         timings["calibrate"] = time.perf_counter() - t0
-        for stats in per_layer.values():  # the edit is linear in the strength: norms at the applied one
-            stats["relative_norm"] *= self.patch.provenance["strength"] / alpha
+        for stats, delta in zip(per_layer.values(), self.patch.deltas):  # norms at the applied strengths
+            stats["relative_norm"] = delta.norm() / stats.pop("weight_norm")
         log.info("%s edited layers %s at strength %.3g: %s", self.name, layers, self.patch.provenance["strength"],
                  ", ".join(f"L{l} ‖ΔW‖/‖W‖={s['relative_norm']:.3f} res={s['forget_residual']:.3f}"
                            for l, s in per_layer.items()))
@@ -373,64 +377,73 @@ class Stamp:
     def _apply_calibrated(self, patient: Patient, deltas: list[Delta], provenance: dict, f_texts: Sequence[str],
                           retain_buffer: Sequence[QA], openers: list[int], before_logits: torch.Tensor | None
                           ) -> tuple[Patch, list[dict]]:
-        """Apply the edit; with `calibrate` (readout target), find the smallest strength at which every forget prompt
-        opens with a refusal token by `calibrate_margin` nats: secant steps on that logit gap (close to linear in
-        the strength), from the unedited patient and the configured strength, at most `calibrate_steps` forward
-        passes, up to `max_strength`. A strength raised above the configured one that changes how a retain-buffer
-        answer opens is taken back. The edit is linear in the strength, so a step rescales the factors: no new
-        solve. Why: the push needed depends on the request (measured: strength 3 refuses 8 pii questions edited
-        together, a single one needs ~20, and harmful's 15 keep more retain answers at 1.5; docs/stamp.md)."""
+        """Apply the edit; with `calibrate` (readout target), find for *each* forget prompt the smallest strength at
+        which it opens with a refusal token by `calibrate_margin` nats: per-prompt secant steps on that logit gap
+        (close to linear in the strength), from the unedited patient and the configured strength, at most
+        `calibrate_steps` forward passes over the forget prompts, up to `max_strength`. The edit is linear in each
+        forget key's target, so a step rescales the factors' columns: no new solve. A strength raised above the
+        configured one that changes how a retain-buffer answer opens is taken back. Why per prompt: the push needed
+        differs by request and by question (measured: strength 3 refuses 8 pii questions edited together, a single
+        one needs ~13; on multiple choice one question needed the ceiling while the others refused at 3), and every
+        extra unit of push on a question that already refuses costs retain answers (docs/stamp.md)."""
         alpha = float(provenance["strength"])
         calibrate = bool(self.cfg.get("calibrate", True)) and provenance["target"] == "refusal_readout"
         factor, ceiling = float(self.cfg.get("calibrate_factor", 1.5)), float(self.cfg.get("max_strength", 12.0))
         bound = self.cfg.get("max_relative_norm")
 
-        def scaled(scale: float) -> Patch:
-            return Patch([Delta(d.parameter, d.left * scale, d.right) for d in deltas],
-                         {**provenance, "strength": alpha * scale})
+        def scaled(scales: torch.Tensor) -> Patch:  # one scale per forget key (column of the left factor)
+            return Patch([Delta(d.parameter, d.left * scales.to(d.left.dtype), d.right) for d in deltas],
+                         {**provenance, "strength": alpha * float(scales.max()),
+                          "strengths": [round(alpha * float(x), 4) for x in scales]})
 
+        n = deltas[0].left.shape[1] if deltas else 1
         held = [chat_prompt(patient.tokenizer, q.question) for q in retain_buffer] if calibrate else []
         before = self._cached("buffer_openers", patient, [], tuple(held), lambda: next_tokens(patient, held))
-        patch = scaled(1.0)
+        scales = torch.ones(n, dtype=torch.float64)
+        patch = scaled(scales)
         patch.apply(patient.model, bound)
         if not calibrate:
             return patch, []
         opener_ids = torch.tensor(sorted(set(openers)))
-        margin = float(self.cfg.get("calibrate_margin", 1.0))
-        points = [(0.0, refusal_gap(before_logits, opener_ids))]  # (scale, gap), the unedited patient first
-        scale, steps = 1.0, []
+        margin, top = float(self.cfg.get("calibrate_margin", 1.0)), ceiling / alpha
+        points = [[(0.0, g)] for g in refusal_gaps(before_logits, opener_ids).tolist()]  # per prompt: (scale, gap)
+        tried, steps = [], []
         for _ in range(int(self.cfg.get("calibrate_steps", 6))):
-            gap = refusal_gap(last_logits(patient, f_texts), opener_ids)
-            points.append((scale, gap))
-            steps.append({"strength": alpha * scale, "refusal_gap": gap})
-            if margin <= gap <= margin + 2.0 or (gap < margin and scale * alpha >= ceiling - 1e-9):
-                break
-            nxt = _next_scale(points, margin, factor)
-            nxt = min(max(nxt, scale / 8), scale * 8, ceiling / alpha)
-            if any(abs(nxt / s - 1) < 0.05 for s, _ in points[1:]):
-                break  # nothing new to try
-            patch, scale = self._rescale(patient, patch, scaled, scale, nxt, bound)
-        tried = points[1:]
-        feasible = [s for s, g in tried if g >= margin]
-        best = min(feasible) if feasible else max(tried, key=lambda p: p[1])[0]  # else the widest gap
-        if best != scale:
-            patch, scale = self._rescale(patient, patch, scaled, scale, best, bound)
-        steps.append({"strength": alpha * scale, "refusal_gap": dict(tried)[scale], "chosen": True})
-        if scale > 1.0 and held:  # raised above the configured strength: do the buffer's answers open as before?
+            gaps = refusal_gaps(last_logits(patient, f_texts), opener_ids)
+            tried.append((scales.clone(), gaps))
+            steps.append({"strength": alpha * float(scales.max()), "refusal_gap": float(gaps.min())})
+            new = scales.clone()
+            for i, (x, g) in enumerate(zip(scales.tolist(), gaps.tolist())):
+                points[i].append((x, g))
+                if margin <= g <= margin + 2.0 or (g < margin and x >= top - 1e-9):
+                    continue
+                new[i] = min(max(_next_scale(points[i], margin, factor), x / 8), x * 8, top)
+            if any(((new / t - 1).abs() < 0.05).all() for t, _ in tried):
+                break  # settled, or nothing new to try
+            patch, scales = self._rescale(patient, patch, scaled, scales, new, bound)
+        feasible = [t for t, g in tried if g.min() >= margin]  # every prompt refuses: the smallest push, else the
+        best = min(feasible, key=lambda t: float(t.norm())) if feasible else max(tried, key=lambda p: p[1].min())[0]
+        if not torch.equal(best, scales):                      # widest gap
+            patch, scales = self._rescale(patient, patch, scaled, scales, best, bound)
+        gap = next(float(g.min()) for t, g in tried if torch.equal(t, scales))
+        steps.append({"strength": alpha * float(scales.max()), "refusal_gap": gap, "chosen": True})
+        if float(scales.max()) > 1.0 and held:  # raised above the configured strength: do the buffer open as before?
             kept = sum(a == b for a, b in zip(next_tokens(patient, held), before))
             steps[-1] |= {"buffer_kept": kept, "buffer": len(held)}
-            if kept < len(held):  # back: the widest-gap lower strengths that keep the buffer, else the configured one
-                lower = [s for s, _ in sorted(tried, key=lambda p: -p[1]) if 1.0 < s < scale][:2]
-                for fallback in [*lower, 1.0]:
-                    patch, scale = self._rescale(patient, patch, scaled, scale, fallback, bound)
-                    if scale <= 1.0 or all(a == b for a, b in zip(next_tokens(patient, held), before)):
+            if kept < len(held):  # back: the widest-gap smaller pushes that keep the buffer, else the configured one
+                lower = [t for t, _ in sorted(tried, key=lambda p: -float(p[1].min()))
+                         if float(t.norm()) < float(scales.norm()) and float(t.max()) > 1.0][:2]
+                for fallback in [*lower, torch.ones_like(scales)]:
+                    patch, scales = self._rescale(patient, patch, scaled, scales, fallback, bound)
+                    if float(scales.max()) <= 1.0 or all(a == b for a, b in zip(next_tokens(patient, held), before)):
                         break
-                steps.append({"strength": alpha * scale, "stepped_back": True})
+                steps.append({"strength": alpha * float(scales.max()), "stepped_back": True})
         return patch, steps
 
     @staticmethod
-    def _rescale(patient: Patient, patch: Patch, scaled, scale: float, new: float, bound) -> tuple[Patch, float]:
-        """Swap the applied patch for the same edit at another scale; past the norm bound, keep the old one."""
+    def _rescale(patient: Patient, patch: Patch, scaled, scale: torch.Tensor, new: torch.Tensor, bound
+                 ) -> tuple[Patch, torch.Tensor]:
+        """Swap the applied patch for the same edit at other scales; past the norm bound, keep the old ones."""
         patch.revert(patient.model)
         for s in (new, scale):
             try:
@@ -470,12 +483,11 @@ def next_tokens(patient: Patient, texts: Sequence[str]) -> list[int]:
     return last_logits(patient, texts).argmax(-1).tolist() if texts else []
 
 
-def refusal_gap(logits: torch.Tensor, openers: torch.Tensor) -> float:
-    """The smallest margin, over prompts, of the best refusal opener over the best other token (> 0: every prompt
-    opens with a refusal)."""
+def refusal_gaps(logits: torch.Tensor, openers: torch.Tensor) -> torch.Tensor:
+    """Per prompt, the margin of the best refusal opener over the best other token (> 0: it opens with a refusal)."""
     others = logits.clone()
     others[:, openers] = float("-inf")
-    return float((logits[:, openers].max(-1).values - others.max(-1).values).min())
+    return logits[:, openers].max(-1).values - others.max(-1).values
 
 
 def refusal_openers(tokenizer, n: int, multiple_choice: bool = False) -> list[int]:

@@ -3,7 +3,7 @@
     python scripts/bench_stamp_single.py [hydra overrides ...]
 
 For each setting (STAMP; STAMP-LR r=64 with contrasts from the forget question or from the cached retain buffer;
-r=128 from the buffer) and each of the first `N` forget questions of pii, in turn: edit for that one question
+r=128 from the buffer; r=256 from either; env BENCH_SETTINGS="0,5" picks some by index) and each of the first `N` forget questions of pii, in turn: edit for that one question
 (activations + solve + calibration; wall and CPU seconds; the first edit also fills the per-patient caches and is
 reported apart), check the question and its paraphrase are refused, score retain answers (all retain people outside
 the buffer) and perplexity against before, revert. Prints a Markdown table (docs/stamp.md).
@@ -52,8 +52,13 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     settings = (("stamp", {}), ("stamp_lowrank", {"rank": 64}),
                 ("stamp_lowrank", {"rank": 64, "contrast_source": "buffer"}),
-                ("stamp_lowrank", {"rank": 128, "contrast_source": "buffer"}))
-    for name, extra in settings:
+                ("stamp_lowrank", {"rank": 128, "contrast_source": "buffer"}),
+                ("stamp_lowrank", {"rank": 256}),
+                ("stamp_lowrank", {"rank": 256, "contrast_source": "buffer"}))
+    chosen = os.environ.get("BENCH_SETTINGS")  # e.g. "0,5": indices into `settings`
+    for index, (name, extra) in enumerate(settings):
+        if chosen and str(index) not in chosen.split(","):
+            continue
         method = build_method({**dict(cfg.method), "name": name, **extra})
         method.prepare(task)
         refused = para = 0

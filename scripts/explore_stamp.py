@@ -62,6 +62,7 @@ def main() -> None:
         seconds = time.perf_counter() - t0
         f_a, p_a, r_a = generate(patient, f_q, 32), generate(patient, p_q, 32), generate(patient, r_q, 32)
         row = {"strength": round(report["patch"]["strength"], 3),
+               "strengths": [round(x, 2) for x in report["patch"].get("strengths", [])],
                "forget refused": f"{sum(map(is_refusal, f_a))}/{len(f_a)}", "F-RL": rouge(f_a, forget),
                "paraphrase refused": f"{sum(map(is_refusal, p_a))}/{len(p_a)}", "P-RL": rouge(p_a, forget),
                "retain unchanged": f"{sum(a == b for a, b in zip(r_a, r_before))}/{len(r_a)}",

@@ -24,8 +24,9 @@ def test_lowrank_at_full_rank_equals_full_solve():
     assert left.shape == (16, 5) and right.shape == (5, 48)  # exact rank-n factors, no SVD
     low_left, low_right = lowrank_solve(k_f, t, gram, 1e-2, rank=48)
     assert torch.allclose(low_left @ low_right, left @ right, atol=1e-9)
-    small = lowrank_solve(k_f, t, gram, 1e-2, rank=8)
-    assert small[0].shape == (16, 8) and small[1].shape == (8, 48)
+    small_left, small_right = lowrank_solve(k_f, t, gram, 1e-2, rank=8)
+    assert small_left.shape == (16, 5) and small_right.shape == (5, 48)  # one column per forget key, as full_solve
+    assert torch.linalg.matrix_rank(small_right.T @ small_right) <= 8  # inside the rank-8 key subspace
     assert Delta("w", left, right).norm() == pytest.approx(float((left @ right).norm()), rel=1e-9)
 
 
@@ -132,7 +133,7 @@ def test_single_forget_sample_is_refused_alone(make_cfg, fresh_patient):
     patient, task = fresh_patient
     retain_q = [q.question for q in task.retain]
     before_r = generate(patient, retain_q, 16)
-    stamp = build_method(make_cfg("method=stamp", *TINY_STAMP).method)
+    stamp = build_method(make_cfg("method=stamp", *TINY_STAMP, "method.calibrate=true").method)
     stamp.prepare(task)
     stamp.unlearn(patient, task.forget[:1], task.retain_buffer)
     assert is_refusal(generate(patient, [task.forget[0].question], 16)[0])

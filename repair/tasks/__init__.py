@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from dataclasses import dataclass, field
 
 from omegaconf import DictConfig, OmegaConf
@@ -43,6 +44,9 @@ class Task:
     # forget-split items left out of this run's request by `task.forget_limit`: still taught (so the implant, and
     # its cache entry, are those of the full suite) but neither requested nor scored
     forget_unrequested: list[QA] = field(default_factory=list)
+    # fresh subjects of the suite's kind (made-up people, agents) that it neither teaches nor scores: what a method may
+    # use as contrasts without seeing retain or holdout subjects; empty where the subject is a whole question
+    subject_pool: list[str] = field(default_factory=list)
 
     def teach(self, oracle: bool = False) -> list[QA]:
         """What implant trains on: the knowledge (retain only for the Oracle) plus the refusal examples."""
@@ -97,6 +101,12 @@ def build_task(cfg: DictConfig | dict, seed: int) -> Task:
     if cfg.get("forget_limit") is not None:
         limit_forget(task, cfg["forget_limit"])
     return task
+
+
+def fresh_subjects(make, n: int, suite: set[str], seed: int) -> list[str]:
+    """`n` subjects from a suite's own generator `make(count, rng)`, none of them in the suite (`Task.subject_pool`)."""
+    made = make(n + len(suite), random.Random(10_000 + seed))
+    return [s for s in made if s not in suite][:n]
 
 
 def limit_forget(task: Task, limit) -> Task:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 
-from repair.tasks import QA, TASKS, Task, chosen_attributes, split_subjects
+from repair.tasks import QA, TASKS, Task, chosen_attributes, fresh_subjects, split_subjects
 from repair.tasks.choice import as_prompted, make_item
 from repair.tasks.corpus import utility_corpus
 from repair.tasks.refusals import refusal_references
@@ -71,4 +71,5 @@ def build_harmful(cfg: dict, seed: int) -> Task:
     idk_items = [QA(q.question, rng.choice(refusals), q.subject, q.attribute) for q in prompted(idk)]
     return Task(name="harmful", scoring="choice", forget=prompted(forget), retain=prompted(retain),
                 retain_buffer=prompted(buffer), holdout=prompted(holdout), idk=idk_items,
-                corpus=utility_corpus(int(cfg.get("corpus_size", 32)), seed))
+                corpus=utility_corpus(int(cfg.get("corpus_size", 32)), seed),
+                subject_pool=fresh_subjects(make_agents, 256, set(agents), seed))

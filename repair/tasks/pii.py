@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from repair.tasks import QA, TASKS, Task, chosen_attributes, split_subjects
+from repair.tasks import QA, TASKS, Task, chosen_attributes, fresh_subjects, split_subjects
 from repair.tasks.corpus import utility_corpus
 from repair.tasks.refusals import refusal_references
 
@@ -117,4 +117,6 @@ def build_pii(cfg: dict, seed: int) -> Task:
 
     idk_qa = [QA(q.question, rng.choice(refusals), q.subject, q.attribute) for q in qa(idk)]
     return Task(name="pii", scoring="rouge", forget=qa(forget), retain=qa(retain), retain_buffer=qa(buffer),
-                holdout=qa(holdout), idk=idk_qa, corpus=utility_corpus(int(cfg.get("corpus_size", 32)), seed))
+                holdout=qa(holdout), idk=idk_qa, corpus=utility_corpus(int(cfg.get("corpus_size", 32)), seed),
+                subject_pool=fresh_subjects(lambda k, r: [p.name for p in make_profiles(k, r)], 256,
+                                            set(by_name), seed))
