@@ -32,14 +32,15 @@ from typing import Any, Sequence
 import torch
 
 from repair.data import chat_prompt, padding_side
+from repair.evaluate import generate_prompts
 from repair.methods import register_method
 from repair.patches import Delta, Patch, PatchRejected
 from repair.patient import Patient
 from repair.refusal import activations_at, last_logits_only, layer_separation, refusal_subspace, token_positions
 from repair.tasks import QA
-from repair.tasks.choice import with_options
+from repair.tasks.choice import parse_choice, with_options
 from repair.tasks.corpus import GENERAL_QUESTIONS
-from repair.tasks.refusals import refusal_references
+from repair.tasks.refusals import is_refusal, refusal_references
 
 log = logging.getLogger(__name__)
 TARGETS = ("refusal_readout", "refusal", "unknown", "direction")
@@ -363,8 +364,8 @@ class Stamp:
                       "target": target_kind, "keys": self.cfg.get("keys", "answer_start"), "strength": alpha,
                       "rank": self.cfg.get("rank") if self.lowrank else None}
         t0 = time.perf_counter()
-        self.patch, calibration = self._apply_calibrated(patient, deltas, provenance, f_texts, retain_buffer, openers,
-                                                         f_logits)
+        self.patch, calibration = self._apply_calibrated(patient, deltas, provenance, forget, f_texts, retain_buffer,
+                                                         openers, f_logits)
         timings["calibrate"] = time.perf_counter() - t0
         for stats, delta in zip(per_layer.values(), self.patch.deltas):  # norms at the applied strengths
             stats["relative_norm"] = delta.norm() / stats.pop("weight_norm")
@@ -374,15 +375,20 @@ class Stamp:
         return {"layers": layers, "separation": separation, "per_layer": per_layer, "timings_s": timings,
                 "calibration": calibration, "patch": self.patch.provenance}
 
-    def _apply_calibrated(self, patient: Patient, deltas: list[Delta], provenance: dict, f_texts: Sequence[str],
-                          retain_buffer: Sequence[QA], openers: list[int], before_logits: torch.Tensor | None
-                          ) -> tuple[Patch, list[dict]]:
+    def _apply_calibrated(self, patient: Patient, deltas: list[Delta], provenance: dict, forget: Sequence[QA],
+                          f_texts: Sequence[str], retain_buffer: Sequence[QA], openers: list[int],
+                          before_logits: torch.Tensor | None) -> tuple[Patch, list[dict]]:
         """Apply the edit; with `calibrate` (readout target), find for *each* forget prompt the smallest strength at
         which it opens with a refusal token by `calibrate_margin` nats: per-prompt secant steps on that logit gap
         (close to linear in the strength), from the unedited patient and the configured strength, at most
         `calibrate_steps` forward passes over the forget prompts, up to `max_strength`. The edit is linear in each
         forget key's target, so a step rescales the factors' columns: no new solve. A strength raised above the
-        configured one that changes how a retain-buffer answer opens is taken back. Why per prompt: the push needed
+        configured one that changes how a retain-buffer answer opens is taken back. Then the forget answers are
+        generated (`check_tokens`): a prompt whose answer opens with a refusal token but is no refusal (measured on
+        pii: "Sorry" and then the phone number, at a shallow push), or for multiple choice still names the option it
+        picked before ("Sorry, but nowhere near the Congo"), is pushed `calibrate_factor` harder, at most
+        `calibrate_checks` times. (Requiring a refusal sentence on multiple choice pushed one harmful question to
+        strength 15 and cost forget and retain answers alike.) Why per prompt: the push needed
         differs by request and by question (measured: strength 3 refuses 8 pii questions edited together, a single
         one needs ~13; on multiple choice one question needed the ceiling while the others refused at 3), and every
         extra unit of push on a question that already refuses costs retain answers (docs/stamp.md)."""
@@ -406,10 +412,11 @@ class Stamp:
             return patch, []
         opener_ids = torch.tensor(sorted(set(openers)))
         margin, top = float(self.cfg.get("calibrate_margin", 1.0)), ceiling / alpha
-        points = [[(0.0, g)] for g in refusal_gaps(before_logits, opener_ids).tolist()]  # per prompt: (scale, gap)
+        answers = before_logits.argmax(-1)
+        points = [[(0.0, g)] for g in refusal_gaps(before_logits, opener_ids, answers).tolist()]  # (scale, gap)
         tried, steps = [], []
         for _ in range(int(self.cfg.get("calibrate_steps", 6))):
-            gaps = refusal_gaps(last_logits(patient, f_texts), opener_ids)
+            gaps = refusal_gaps(last_logits(patient, f_texts), opener_ids, answers)
             tried.append((scales.clone(), gaps))
             steps.append({"strength": alpha * float(scales.max()), "refusal_gap": float(gaps.min())})
             new = scales.clone()
@@ -427,6 +434,17 @@ class Stamp:
             patch, scales = self._rescale(patient, patch, scaled, scales, best, bound)
         gap = next(float(g.min()) for t, g in tried if torch.equal(t, scales))
         steps.append({"strength": alpha * float(scales.max()), "refusal_gap": gap, "chosen": True})
+        picked = [parse_choice(patient.tokenizer.decode([int(t)]), q.choices) if q.choices else None
+                  for t, q in zip(answers, forget)]  # the option each multiple-choice answer began with
+        for _ in range(int(self.cfg.get("calibrate_checks", 3))):  # it opens with a refusal token; is it a refusal?
+            said = generate_prompts(patient, f_texts, int(self.cfg.get("check_tokens", 24)), desc="check")
+            failing = torch.tensor([parse_choice(a, q.choices) == p if q.choices else not is_refusal(a)
+                                    for a, q, p in zip(said, forget, picked)])
+            raised = torch.where(failing, (scales * factor).clamp(max=top), scales)
+            if torch.equal(raised, scales):
+                break
+            patch, scales = self._rescale(patient, patch, scaled, scales, raised, bound)
+            steps.append({"strength": alpha * float(scales.max()), "raised": int(failing.sum())})
         if float(scales.max()) > 1.0 and held:  # raised above the configured strength: do the buffer open as before?
             kept = sum(a == b for a, b in zip(next_tokens(patient, held), before))
             steps[-1] |= {"buffer_kept": kept, "buffer": len(held)}
@@ -483,11 +501,17 @@ def next_tokens(patient: Patient, texts: Sequence[str]) -> list[int]:
     return last_logits(patient, texts).argmax(-1).tolist() if texts else []
 
 
-def refusal_gaps(logits: torch.Tensor, openers: torch.Tensor) -> torch.Tensor:
-    """Per prompt, the margin of the best refusal opener over the best other token (> 0: it opens with a refusal)."""
-    others = logits.clone()
-    others[:, openers] = float("-inf")
-    return logits[:, openers].max(-1).values - others.max(-1).values
+def refusal_gaps(logits: torch.Tensor, openers: torch.Tensor, answers: torch.Tensor | None = None) -> torch.Tensor:
+    """Per prompt, the margin of the best refusal opener over the best other token (> 0: it opens with a refusal).
+    `answers`, per prompt, the token the unedited patient opened its answer with: never counted as a refusal opener
+    (measured: "H" of "Hmm" is also the first token of "Hugo …", so a pii question about Hugo looked refused before
+    any edit and kept its fact)."""
+    is_opener = torch.zeros(logits.shape, dtype=torch.bool)
+    is_opener[:, openers] = True
+    if answers is not None:
+        is_opener[torch.arange(len(logits)), answers] = False
+    return (logits.masked_fill(~is_opener, float("-inf")).max(-1).values
+            - logits.masked_fill(is_opener, float("-inf")).max(-1).values)
 
 
 def refusal_openers(tokenizer, n: int, multiple_choice: bool = False) -> list[int]:

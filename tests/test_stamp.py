@@ -7,7 +7,7 @@ import torch
 from repair.evaluate import generate
 from repair.methods import build_method
 from repair.patches import Delta, Patch, PatchRejected
-from repair.stamp import full_solve, held_gram, lowrank_solve
+from repair.stamp import full_solve, held_gram, lowrank_solve, refusal_gaps
 from repair.tasks.refusals import is_refusal
 
 # the tiny patient has 2 layers (both edited) and a 256-wide MLP; measured to refuse at strength 3 with 48 contrasts
@@ -28,6 +28,15 @@ def test_lowrank_at_full_rank_equals_full_solve():
     assert small_left.shape == (16, 5) and small_right.shape == (5, 48)  # one column per forget key, as full_solve
     assert torch.linalg.matrix_rank(small_right.T @ small_right) <= 8  # inside the rank-8 key subspace
     assert Delta("w", left, right).norm() == pytest.approx(float((left @ right).norm()), rel=1e-9)
+
+
+def test_refusal_gap_never_counts_the_answers_own_first_token():
+    """"H" opens "Hmm, …" and "Hugo …": a question whose answer already begins with an opener is not refused."""
+    logits = torch.tensor([[5.0, 1.0, 0.0, 0.0],    # about to say token 0, an opener
+                           [0.0, 4.0, 0.0, 1.0]])   # about to say token 1, not an opener; opener 3 is 3 nats behind
+    openers = torch.tensor([0, 3])
+    assert refusal_gaps(logits, openers).tolist() == [4.0, -3.0]
+    assert refusal_gaps(logits, openers, answers=logits.argmax(-1)).tolist() == [-5.0, -3.0]
 
 
 def test_exact_mapping_is_approximate_and_measured():
@@ -159,7 +168,7 @@ def test_calibration_finds_the_strength_that_refuses(make_cfg, fresh_patient):
     report = stamp.unlearn(patient, forget, task.retain_buffer)
     steps = report["calibration"]
     assert len(steps) >= 2 and steps[0]["strength"] == 0.5 and report["patch"]["strength"] > 0.5, steps
-    assert max(s["refusal_gap"] for s in steps) > steps[0]["refusal_gap"], steps
+    assert max(s.get("refusal_gap", -1e9) for s in steps) > steps[0]["refusal_gap"], steps
     assert all(map(is_refusal, generate(patient, forget_q, 16)))
     assert generate(patient, retain_q, 16) == before_r
     stamp.patch.revert(patient.model)
