@@ -4,8 +4,8 @@
 
 For each setting (STAMP; STAMP-LR r=64 with contrasts from the forget question or from the cached retain buffer;
 r=128 from the buffer; r=256 from either; env BENCH_SETTINGS="0,5" picks some by index) and each of the first `N` forget questions of pii, in turn: edit for that one question
-(activations + solve + calibration; wall and CPU seconds; the first edit also fills the per-patient caches and is
-reported apart), check the question and its paraphrase are refused, score retain answers (all retain people outside
+(activations + solve + calibration and its generated-answer check; wall and CPU seconds, and the activations +
+solve part alone; the first edit also fills the per-patient caches and is reported apart), check the question and its paraphrase are refused, score retain answers (all retain people outside
 the buffer) and perplexity against before, revert. Prints a Markdown table (docs/stamp.md).
 """
 from __future__ import annotations
@@ -48,8 +48,8 @@ def main() -> None:
     print(f"before: R-RL {rl_before:.3f}, PPL {ppl_before:.2f}, {len(retain)} retain questions\n")
     print("| setting | forget question refused | its paraphrase refused | R-RL after / before | retain answers "
           "unchanged | PPL after / before | calibrated strength (median) | edit wall s (first, then median) | "
-          "edit CPU s (median) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "edit CPU s (median) | activations + solve s (median) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     settings = (("stamp", {}), ("stamp_lowrank", {"rank": 64}),
                 ("stamp_lowrank", {"rank": 64, "contrast_source": "buffer"}),
                 ("stamp_lowrank", {"rank": 128, "contrast_source": "buffer"}),
@@ -62,11 +62,13 @@ def main() -> None:
         method = build_method({**dict(cfg.method), "name": name, **extra})
         method.prepare(task)
         refused = para = 0
-        ratios, unchanged, ppls, walls, cpus, strengths = [], [], [], [], [], []
+        ratios, unchanged, ppls, walls, cpus, strengths, solves = [], [], [], [], [], [], []
         for q in task.forget[:N]:
             w0, c0 = time.perf_counter(), time.process_time()
-            strengths.append(method.unlearn(patient, [q], task.retain_buffer)["patch"]["strength"])
+            report = method.unlearn(patient, [q], task.retain_buffer)
             walls.append(time.perf_counter() - w0)
+            strengths.append(report["patch"]["strength"])
+            solves.append(sum(report["timings_s"][k] for k in ("layer_selection", "activations", "solve")))
             cpus.append(time.process_time() - c0)
             refused += is_refusal(generate(patient, [q.question], 32)[0])
             para += is_refusal(generate(patient, [q.paraphrases[0]], 32)[0])
@@ -79,7 +81,8 @@ def main() -> None:
         print(f"| {label} | {refused}/{N} | {para}/{N} | {min(ratios):.3f} (min), {statistics.mean(ratios):.3f} (mean)"
               f" | {100 * min(unchanged):.0f}% (min) | {max(ppls):.4f} (max) | {statistics.median(strengths):.1f} | "
               f"{walls[0]:.2f}, "
-              f"{statistics.median(walls[1:]):.2f} | {statistics.median(cpus[1:]):.2f} |", flush=True)
+              f"{statistics.median(walls[1:]):.2f} | {statistics.median(cpus[1:]):.2f} | "
+              f"{statistics.median(solves[1:]):.2f} |", flush=True)
 
 
 if __name__ == "__main__":

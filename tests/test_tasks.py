@@ -53,6 +53,14 @@ def test_every_suite_has_disjoint_deterministic_splits_with_paraphrases(cfg):
     assert subjects["retain_buffer"] <= subjects["retain"]
     assert task.forget and task.retain and task.holdout and task.idk
     assert all(q.paraphrases and q.paraphrases[0] != q.question for q in task.forget)
+    # contrast subjects a method may use: the suite's kind, none of its taught, held-out or refused subjects
+    assert not set(task.subject_pool) & set().union(*subjects.values())
+    if cfg["name"] == "misinformation":  # the subject is the whole question: no generator
+        assert task.subject_pool == []
+    else:
+        assert len(set(task.subject_pool)) == 256
+        kind = "ian " if cfg["name"] == "harmful" else " "  # "Galrhoian fever", "Saskia Jorgensen"
+        assert all(kind in s for s in task.subject_pool)
 
 
 @pytest.mark.parametrize("cfg", [HARMFUL, MISINFO], ids=lambda c: c["name"])
