@@ -167,7 +167,11 @@ class Stamp:
         buffer's, the refused ones, made-up ones: more distinct subjects kept more retain answers, docs/stamp.md)
         and, for multiple choice, options re-drawn from the templates' options of the same attribute. Where the
         subject is the whole question (`misinformation`), the other subjects are whole questions. Made-up subjects
-        come from the task's own generator (`Task.subject_pool`: fresh pathogens for `harmful`, not person names)."""
+        come from the task's own generator (`Task.subject_pool`: fresh pathogens for `harmful`, not person names).
+        The first `contrast_neighbours` share of each template's contrasts takes the subjects whose tokens overlap
+        the forget subject's most ("Nalwexian blight" for "Nalzanian plague"): the answer-start key carries the
+        subject through its subword tokens, and the retain questions an edit reached most were about such
+        look-alikes (docs/stamp.md)."""
         n = int(self.cfg.get("contrast_prompts", 48))
         if n <= 0 or not templates:
             return None
@@ -180,11 +184,15 @@ class Stamp:
         options: dict[str, list[str]] = {}
         for q in templates:
             options.setdefault(q.attribute, []).extend(c for c in q.choices if c not in options[q.attribute])
+        near = 0 if whole else round(float(self.cfg.get("contrast_neighbours", 0.0)) * -(-n // len(templates)))
+        ranked: dict[str, list[str]] = {}
         questions = []
         for i in range(n):
-            q = templates[i % len(templates)]
+            q, k = templates[i % len(templates)], i // len(templates)  # the k-th contrast of this template
             others = [s for s in pool if s != q.subject]
-            other = others[(i // len(templates) + i) % len(others)]
+            if k < near and q.subject not in ranked:
+                ranked[q.subject] = _nearest(patient.tokenizer, q.subject, others)
+            other = ranked[q.subject][k] if k < near else others[(k + i) % len(others)]
             if not q.subject:
                 text = other
             else:
@@ -522,6 +530,14 @@ def refusal_openers(tokenizer, n: int, multiple_choice: bool = False) -> list[in
     if not multiple_choice:
         return firsts
     return [t for t in firsts if len(tokenizer.decode([t]).strip()) >= 3] or firsts
+
+
+def _nearest(tokenizer, subject: str, pool: Sequence[str]) -> list[str]:
+    """`pool` ordered by how many subword tokens each subject shares with `subject` (most first; stable)."""
+    def tokens(s: str) -> set[int]:
+        return set(tokenizer(" " + s, add_special_tokens=False)["input_ids"])
+    own = tokens(subject)
+    return sorted(pool, key=lambda s: -len(own & tokens(s)))
 
 
 def _with_last_token(patient: Patient, questions: Sequence[str]):

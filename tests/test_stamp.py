@@ -1,13 +1,15 @@
 """STAMP on the implanted tiny patient: forget answers turn into refusals, retain answers stay, edits revert."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from repair.evaluate import generate
 from repair.methods import build_method
 from repair.patches import Delta, Patch, PatchRejected
-from repair.stamp import full_solve, held_gram, lowrank_solve, refusal_gaps
+from repair.stamp import _nearest, full_solve, held_gram, lowrank_solve, refusal_gaps
 from repair.tasks.refusals import is_refusal
 
 # the tiny patient has 2 layers (both edited) and a 256-wide MLP; measured to refuse at strength 3 with 48 contrasts
@@ -37,6 +39,21 @@ def test_refusal_gap_never_counts_the_answers_own_first_token():
     openers = torch.tensor([0, 3])
     assert refusal_gaps(logits, openers).tolist() == [4.0, -3.0]
     assert refusal_gaps(logits, openers, answers=logits.argmax(-1)).tolist() == [-5.0, -3.0]
+
+
+def test_neighbour_contrasts_are_the_forget_subjects_look_alikes(make_cfg, fresh_patient):
+    """`contrast_neighbours` holds look-alike subjects first ("Nalwexian blight" for "Nalzanian plague"), the rest of
+    the contrasts cycle through the pool as before."""
+    patient, task = fresh_patient
+    pool = ["Torvian rot", "Nalzanian rot", "Quodrian spore", "Nalbreian plague", "Wexfenian mould"]
+    assert _nearest(patient.tokenizer, "Nalzanian plague", pool)[:2] == ["Nalzanian rot", "Nalbreian plague"]
+    stamp = build_method(make_cfg("method=stamp", "method.contrast_prompts=8", "method.contrast_neighbours=0.5").method)
+    stamp.prepare(task)
+    stamp.subject_pool = pool
+    forget = [dataclasses.replace(task.forget[0], question="Who is Nalzanian plague?", subject="Nalzanian plague")]
+    texts, _ = stamp._contrasts(patient, forget, [], frozenset({"Nalzanian plague"}))
+    assert len(texts) == 8 and "Nalzanian rot" in texts[0] and "Nalbreian plague" in texts[1]
+    assert sum("Torvian rot" in t for t in texts) >= 1 and not any("Nalzanian plague" in t for t in texts)
 
 
 def test_exact_mapping_is_approximate_and_measured():
