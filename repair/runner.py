@@ -20,7 +20,7 @@ from repair.attacks import build_attacks, run_attacks
 from repair import sequential
 from repair.implant import implant
 from repair.methods import build_method
-from repair.tasks import build_task
+from repair.tasks import Task, build_task
 from repair.tracking import build_logger, peak_rss_mb, versions, write_results
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,14 @@ def implant_recipe(cfg: DictConfig) -> DictConfig:
     patient's recipe gives (arbitrary multiple-choice associations do)."""
     return OmegaConf.merge(cfg.implant, {
         "epochs": max(1, round(cfg.implant.epochs * float(cfg.task.get("implant_epochs_scale", 1.0))))})
+
+
+def implanted_patient(cfg: DictConfig) -> tuple[patients.Patient, Task]:
+    """The patient after implant of cfg's task (from the cache when it is there): where measurement scripts start."""
+    task = build_task(cfg.task, int(cfg.seed))
+    patient = patients.load(cfg.patient, cfg.cache_dir)
+    implant(patient, task, implant_recipe(cfg), cfg.cache_dir)
+    return patient, task
 
 
 def run(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:

@@ -19,13 +19,10 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
-from repair import patient as patients
 from repair.evaluate import generate
-from repair.implant import implant
 from repair.methods import build_method
 from repair.metrics import perplexity, rouge_l_recall
-from repair.runner import implant_recipe
-from repair.tasks import build_task
+from repair.runner import implanted_patient
 from repair.tasks.refusals import is_refusal
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -36,9 +33,7 @@ def main() -> None:
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", 2)))  # 1 when another run shares the cores
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=["method=stamp", "logger=none", "task=pii", *sys.argv[1:]])
-    patient = patients.load(cfg.patient, cfg.cache_dir)
-    task = build_task(cfg.task, int(cfg.seed))
-    implant(patient, task, implant_recipe(cfg), cfg.cache_dir)
+    patient, task = implanted_patient(cfg)
     buffer = {q.subject for q in task.retain_buffer}
     retain = [q for q in task.retain if q.subject not in buffer]
     r_q = [q.question for q in retain]

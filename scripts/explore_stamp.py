@@ -18,13 +18,10 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
-from repair import patient as patients
 from repair.evaluate import generate
-from repair.implant import implant
 from repair.methods import build_method
 from repair.metrics import perplexity, rouge_l_recall
-from repair.runner import implant_recipe
-from repair.tasks import build_task
+from repair.runner import implanted_patient
 from repair.tasks.choice import parse_choice
 from repair.tasks.refusals import is_refusal
 
@@ -43,9 +40,7 @@ def main() -> None:
     task_name, grid = sys.argv[1], json.loads(sys.argv[2])
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=["method=stamp", "logger=none", f"task={task_name}", *sys.argv[3:]])
-    patient = patients.load(cfg.patient, cfg.cache_dir)
-    task = build_task(cfg.task, int(cfg.seed))
-    implant(patient, task, implant_recipe(cfg), cfg.cache_dir)
+    patient, task = implanted_patient(cfg)
     buffer = {q.subject for q in task.retain_buffer}
     outside = [q for q in task.retain if q.subject not in buffer]
     forget, retain = task.forget, outside[:int(os.environ.get("RETAIN_N", 24))]

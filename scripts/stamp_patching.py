@@ -15,12 +15,9 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
-from repair import patient as patients
 from repair.data import chat_prompt
-from repair.implant import implant
 from repair.refusal import token_positions
-from repair.runner import implant_recipe
-from repair.tasks import build_task
+from repair.runner import implanted_patient
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 OPENERS = ["I", "Sorry", "Unfortunately", "To", "Hmm", "I'm"]
@@ -30,9 +27,7 @@ def main() -> None:
     torch.set_num_threads(1)
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=["method=none", "logger=none", "task=pii"])
-    patient = patients.load(cfg.patient, cfg.cache_dir)
-    task = build_task(cfg.task, 0)
-    implant(patient, task, implant_recipe(cfg), cfg.cache_dir)
+    patient, task = implanted_patient(cfg)
     tok, n_layers = patient.tokenizer, patient.num_layers
     opener_ids = sorted({tok(p + s, add_special_tokens=False)["input_ids"][0] for s in OPENERS for p in ("", " ")})
     unknown = sorted({q.subject for q in task.idk})[0]

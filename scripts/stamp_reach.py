@@ -18,13 +18,10 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
-from repair import patient as patients
 from repair.data import chat_prompt
-from repair.implant import implant
 from repair.methods import build_method
-from repair.runner import implant_recipe
+from repair.runner import implanted_patient
 from repair.stamp import last_logits, refusal_gaps, refusal_openers
-from repair.tasks import build_task
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -35,9 +32,7 @@ def main() -> None:
     overrides = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=["method=stamp", "logger=none", f"task={task_name}", *sys.argv[3:]])
-    patient = patients.load(cfg.patient, cfg.cache_dir)
-    task = build_task(cfg.task, int(cfg.seed))
-    implant(patient, task, implant_recipe(cfg), cfg.cache_dir)
+    patient, task = implanted_patient(cfg)
     buffer = {q.subject for q in task.retain_buffer}
     groups = {"forget": [q.question for q in task.forget],
               "paraphrase": [q.paraphrases[0] for q in task.forget if q.paraphrases],
