@@ -79,22 +79,46 @@ def top_directions(gram: torch.Tensor, q: int, seed: int = 0) -> torch.Tensor:
     return u
 
 
+def krylov_basis(gram: torch.Tensor, k_f: torch.Tensor, steps: int) -> torch.Tensor:
+    """Orthonormal basis (m × ≤ steps·n) of the block Krylov space {K_fᵀ, G K_fᵀ, …, G^(steps-1) K_fᵀ}: it holds the
+    truncated conjugate-gradient approximation of (G + εI)⁻¹ K_fᵀ, the row space of the full solve's edit (the
+    εI and K_fᵀK_f terms of A leave the space unchanged). Re-orthogonalised twice per block."""
+    basis, _ = torch.linalg.qr(k_f.T)
+    block = basis
+    for _ in range(steps - 1):
+        w = gram @ block
+        for _ in range(2):
+            w = w - basis @ (basis.T @ w)
+        block, r = torch.linalg.qr(w)
+        keep = r.diagonal().abs() > 1e-10 * float(w.norm())  # a block that adds nothing new ends the space
+        if not bool(keep.any()):
+            break
+        block = block[:, keep]
+        basis = torch.cat([basis, block], dim=1)
+    return basis
+
+
 def lowrank_solve(k_f: torch.Tensor, t: torch.Tensor, gram: torch.Tensor, eps_scale: float, rank: int,
-                  directions: torch.Tensor | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                  directions: torch.Tensor | None = None, seed: int = 0, krylov_steps: int = 0
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """The same solve restricted to an r-dimensional key subspace U, O(m²r + r³) given G; factors (Tᵀ, F A⁻¹ Uᵀ) with
     F = K_f U, one column per forget key as for `full_solve` (the calibration scales them per forget prompt).
 
     U spans the forget keys plus the top directions of the held keys (`directions`, cached with G): the dominant
     held keys alone can miss the few directions that tell the forget sample apart (measured on the tiny patient:
-    nothing forgotten at r = 64 of 256)."""
+    nothing forgotten at r = 64 of 256). With `krylov_steps`, the forget keys' block Krylov space under G comes
+    first (see `krylov_basis`), which is where the full solve's edit lives: the top held directions are the ones
+    the edit must *avoid*, so on their own they leave the low-rank edit less selective than the full one."""
     m = gram.shape[0]
     if rank >= m:
         u = torch.eye(m, dtype=gram.dtype)
     else:
-        n_f = min(len(k_f), rank // 2)
-        if directions is None or directions.shape[1] < rank - n_f:
+        own = krylov_basis(gram, k_f, krylov_steps)[:, :rank] if krylov_steps > 0 else k_f[:rank // 2].T
+        n_f = own.shape[1]
+        if rank > n_f and (directions is None or directions.shape[1] < rank - n_f):
             directions = top_directions(gram, rank - n_f, seed)
-        u, _ = torch.linalg.qr(torch.cat([k_f[:n_f].T, directions[:, :rank - n_f]], dim=1))  # (m, r), orthonormal
+        parts = [own, directions[:, :rank - n_f]] if rank > n_f else [own]
+        u, _ = torch.linalg.qr(torch.cat(parts, dim=1))  # (m, ≤ r), orthonormal
     fu = k_f @ u                                                # (n, r)
     a = u.T @ (gram @ u) + fu.T @ fu
     a.diagonal().add_(ridge_eps(gram, k_f, eps_scale))
@@ -353,7 +377,8 @@ class Stamp:
             if self.lowrank:
                 if rank < h["gram"].shape[0] and "directions" not in h["static"]:  # cached with the static Gram
                     h["static"]["directions"] = top_directions(h["static"]["gram"], rank, int(self.cfg.get("seed", 0)))
-                left, right = lowrank_solve(k_f, t, h["gram"], eps_scale, rank, h["static"].get("directions"))
+                left, right = lowrank_solve(k_f, t, h["gram"], eps_scale, rank, h["static"].get("directions"),
+                                            krylov_steps=int(self.cfg.get("krylov_steps", 0)))
             else:
                 left, right = full_solve(k_f, t, h["gram"], eps_scale)
             param = f"{patient.modules['mlp_down'].format(layer)}.weight"
