@@ -17,9 +17,10 @@ Other targets, kept for the ablations (keys at the subject's tokens): the projec
 outputs on refusal answers (`refusal`), what the patient computes for a subject it refuses (`unknown`), or one shared
 unknown-minus-forget direction (`direction`). Retain-buffer keys are held in place (for `answer_start`: at every
 prompt and answer token), and so are keys from ordinary text (weighted per token by `cov_weight`); their Gram is
-cached per patient. STAMP-LR solves the same problem inside an r-dimensional key subspace (the forget keys plus the
-top directions of the held keys' Gram): O(m²r + r³) per request instead of O(m³); at full rank it equals STAMP. The
-strength is calibrated per request (the edit is linear in it). Every edit is a reversible `Patch`.
+cached per patient. STAMP-LR solves the same problem inside an r-dimensional key subspace (the forget keys' block
+Krylov space under the held Gram, where the full edit lives, then the Gram's top directions): O(m²r + r³) per
+request instead of O(m³); at full rank it equals STAMP. The strength is calibrated per request and per forget
+prompt (the edit is linear in each forget key's target). Every edit is a reversible `Patch`.
 """
 from __future__ import annotations
 
@@ -79,13 +80,16 @@ def top_directions(gram: torch.Tensor, q: int, seed: int = 0) -> torch.Tensor:
     return u
 
 
-def krylov_basis(gram: torch.Tensor, k_f: torch.Tensor, steps: int) -> torch.Tensor:
-    """Orthonormal basis (m × ≤ steps·n) of the block Krylov space {K_fᵀ, G K_fᵀ, …, G^(steps-1) K_fᵀ}: it holds the
-    truncated conjugate-gradient approximation of (G + εI)⁻¹ K_fᵀ, the row space of the full solve's edit (the
-    εI and K_fᵀK_f terms of A leave the space unchanged). Re-orthogonalised twice per block."""
+def krylov_basis(gram: torch.Tensor, k_f: torch.Tensor, steps: int, max_columns: int | None = None) -> torch.Tensor:
+    """Orthonormal basis (m × ≤ steps·n, at most `max_columns`) of the block Krylov space {K_fᵀ, G K_fᵀ, …,
+    G^(steps-1) K_fᵀ}: it holds the truncated conjugate-gradient approximation of (G + εI)⁻¹ K_fᵀ, the row space of
+    the full solve's edit (the εI and K_fᵀK_f terms of A leave the space unchanged). Re-orthogonalised twice per
+    block."""
     basis, _ = torch.linalg.qr(k_f.T)
     block = basis
     for _ in range(steps - 1):
+        if max_columns is not None and basis.shape[1] >= max_columns:
+            break
         w = gram @ block
         for _ in range(2):
             w = w - basis @ (basis.T @ w)
@@ -113,7 +117,7 @@ def lowrank_solve(k_f: torch.Tensor, t: torch.Tensor, gram: torch.Tensor, eps_sc
     if rank >= m:
         u = torch.eye(m, dtype=gram.dtype)
     else:
-        own = krylov_basis(gram, k_f, krylov_steps)[:, :rank] if krylov_steps > 0 else k_f[:rank // 2].T
+        own = krylov_basis(gram, k_f, krylov_steps, rank)[:, :rank] if krylov_steps > 0 else k_f[:rank // 2].T
         n_f = own.shape[1]
         if rank > n_f and (directions is None or directions.shape[1] < rank - n_f):
             directions = top_directions(gram, rank - n_f, seed)

@@ -33,6 +33,8 @@ def main() -> None:
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", 2)))  # 1 when another run shares the cores
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=["method=stamp", "logger=none", "task=pii", *sys.argv[1:]])
+        method_cfgs = {name: compose("config", overrides=[f"method={name}", *sys.argv[1:]]).method
+                       for name in ("stamp", "stamp_lowrank")}  # each with its own defaults (rank, krylov_steps)
     patient, task = implanted_patient(cfg)
     buffer = {q.subject for q in task.retain_buffer}
     retain = [q for q in task.retain if q.subject not in buffer]
@@ -54,7 +56,7 @@ def main() -> None:
     for index, (name, extra) in enumerate(settings):
         if chosen and str(index) not in chosen.split(","):
             continue
-        method = build_method({**dict(cfg.method), "name": name, **extra})
+        method = build_method({**dict(method_cfgs[name]), **extra})
         method.prepare(task)
         refused = para = 0
         ratios, unchanged, ppls, walls, cpus, strengths, solves = [], [], [], [], [], [], []

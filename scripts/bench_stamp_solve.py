@@ -1,11 +1,12 @@
 """Full vs low-rank STAMP solve time for MLP widths from SmolLM2's (1536) to Llama-3-8B's (14336).
 
-    python scripts/bench_stamp_solve.py [--widths 1536 4096 8192 14336] [--ranks 64 128]
+    python scripts/bench_stamp_solve.py [--widths 1536 4096 8192 14336] [--ranks 64 128] [--krylov-steps 32]
 
 Random keys stand in for activations (the solve's cost depends only on the shapes): 16 forget keys, 256 retain
 keys and 2048 generic keys held in place, output width d = hidden size. float64, as STAMP solves. The held keys'
 Gram (and, for STAMP-LR, its top directions) does not depend on the request and is cached per patient: its one-time
-cost is a column of its own; the per-request columns are what one edit pays.
+cost is a column of its own; the per-request columns are what one edit pays. STAMP-LR's default subspace starts
+with the forget keys' block Krylov space (`krylov_steps`, per request: one m × m by m × 16 product per step).
 """
 from __future__ import annotations
 
@@ -30,11 +31,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--widths", type=int, nargs="+", default=[1536, 4096, 8192, 14336])
     ap.add_argument("--ranks", type=int, nargs="+", default=[64, 128])
+    ap.add_argument("--krylov-steps", type=int, default=32)
     args = ap.parse_args()
     print(f"{os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, float64\n")
     print("| MLP width m | hidden d | held Gram (once) | full solve | " + " | ".join(
-        f"directions r={r} (once) | low-rank r={r}" for r in args.ranks) + " |")
-    print("|---|---|---|---|" + "---|---|" * len(args.ranks))
+        f"directions r={r} (once) | low-rank r={r} | low-rank r={r}, Krylov" for r in args.ranks) + " |")
+    print("|---|---|---|---|" + "---|---|---|" * len(args.ranks))
     g = torch.Generator().manual_seed(0)
     for m in args.widths:
         d = HIDDEN.get(m, m // 4)
@@ -49,6 +51,8 @@ def main() -> None:
             directions = top_directions(gram, r)
             cells.append(f"{time.perf_counter() - t0:.2f} s")
             cells.append(f"{timed(lambda: lowrank_solve(k_f, t, gram, 1e-2, r, directions)):.3f} s")
+            krylov = timed(lambda: lowrank_solve(k_f, t, gram, 1e-2, r, directions, krylov_steps=args.krylov_steps))
+            cells.append(f"{krylov:.3f} s")
         print(f"| {m} | {d} | " + " | ".join(cells) + " |", flush=True)
         del gram
 
