@@ -425,10 +425,10 @@ class Stamp:
         pii: "Sorry" and then the phone number, at a shallow push), or for multiple choice still names the option it
         picked before ("Sorry, but nowhere near the Congo"), is pushed `calibrate_factor` harder, at most
         `calibrate_checks` times. (Requiring a refusal sentence on multiple choice pushed one harmful question to
-        strength 15 and cost forget and retain answers alike.) Why per prompt: the push needed
-        differs by request and by question (measured: strength 3 refuses 8 pii questions edited together, a single
-        one needs ~13; on multiple choice one question needed the ceiling while the others refused at 3), and every
-        extra unit of push on a question that already refuses costs retain answers (docs/stamp.md)."""
+        strength 15 and cost forget and retain answers alike.) Why per prompt: the push needed differs by request
+        and by question (measured: pii's 8 questions need 1.2–7.9, one question alone ~10–13), and every extra unit
+        of push on a question that already refuses costs retain answers (harmful: 68.9% of retain answers kept with
+        one strength for all, 97.8% per prompt; docs/stamp.md)."""
         alpha = float(provenance["strength"])
         calibrate = bool(self.cfg.get("calibrate", True)) and provenance["target"] == "refusal_readout"
         factor, ceiling = float(self.cfg.get("calibrate_factor", 1.5)), float(self.cfg.get("max_strength", 12.0))
