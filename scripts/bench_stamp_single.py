@@ -3,10 +3,12 @@
     python scripts/bench_stamp_single.py [hydra overrides ...]
 
 For each setting (STAMP; STAMP-LR r=64 with contrasts from the forget question or from the cached retain buffer;
-r=128 from the buffer; r=256 from either; env BENCH_SETTINGS="0,5" picks some by index) and each of the first `N` forget questions of pii, in turn: edit for that one question
+r=128 from the buffer; r=256 from either; env BENCH_SETTINGS="0,5" picks some by index; each method with its own
+config's defaults) and each of the first `N` forget questions of pii, in turn: edit for that one question
 (activations + solve + calibration and its generated-answer check; wall and CPU seconds, and the activations +
-solve part alone; the first edit also fills the per-patient caches and is reported apart), check the question and its paraphrase are refused, score retain answers (all retain people outside
-the buffer) and perplexity against before, revert. Prints a Markdown table (docs/stamp.md).
+solve part alone; the first edit also fills the per-patient caches and is reported apart), check the question and
+its paraphrase are refused, score retain answers (all retain people outside the buffer) and perplexity against
+before, revert. Prints a Markdown table (docs/stamp.md).
 """
 from __future__ import annotations
 

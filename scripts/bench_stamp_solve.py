@@ -56,5 +56,6 @@ def main() -> None:
         print(f"| {m} | {d} | " + " | ".join(cells) + " |", flush=True)
         del gram
 
+
 if __name__ == "__main__":
     main()

@@ -2,10 +2,12 @@
 
     python scripts/explore_stamp.py pii '[{"strength": 3.0}, {"num_layers": 8, "strength": 1.5}]'
 
-Each JSON object overrides `conf/method/stamp.yaml`. For each: apply the edit, score forget answers (refusals,
-ROUGE-L, or option accuracy % for multiple choice), the first paraphrase of each, 24 (env RETAIN_N) retain questions
-of people *outside* the retain buffer (unchanged answers, refusals, ROUGE-L) and perplexity, then revert; with env
-PER_LAYER set, also each layer's residual. One JSON line per setting; the tables in docs/stamp.md come from it.
+Each JSON object overrides `conf/method/stamp.yaml` (or, with the Hydra override `method=stamp_lowrank` after the
+JSON, `conf/method/stamp_lowrank.yaml`, its rank and Krylov steps included). For each: apply the edit, score
+forget answers (refusals, ROUGE-L, or option accuracy % for multiple choice), the first paraphrase of each, 24 (env
+RETAIN_N) retain questions of people *outside* the retain buffer (unchanged answers, refusals, ROUGE-L) and
+perplexity, then revert; with env PER_LAYER set, also each layer's residual. One JSON line per setting; the tables
+in docs/stamp.md come from it.
 """
 from __future__ import annotations
 

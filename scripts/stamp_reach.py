@@ -1,6 +1,6 @@
 """How far does a STAMP edit reach? The refusal logit gap before and after one edit, per question group.
 
-    python scripts/stamp_reach.py harmful ['{"strength": 1.5}'] [hydra overrides ...]
+    python scripts/stamp_reach.py harmful ['{"strength": 1.5}'] [hydra overrides, e.g. method=stamp_lowrank ...]
 
 For the forget questions, their first paraphrases and the retain questions outside the buffer: the margin of the
 best refusal opener over the best other token at the answer start (> 0: the answer opens with a refusal), before
@@ -38,7 +38,7 @@ def main() -> None:
               "paraphrase": [q.paraphrases[0] for q in task.forget if q.paraphrases],
               "retain": [q.question for q in task.retain if q.subject not in buffer]}
     texts = {g: [chat_prompt(patient.tokenizer, q) for q in qs] for g, qs in groups.items()}
-    openers = torch.tensor(sorted(set(refusal_openers(patient.tokenizer, 200,
+    openers = torch.tensor(sorted(set(refusal_openers(patient.tokenizer, int(cfg.method.num_refusals),
                                                       multiple_choice=any(q.choices for q in task.forget)))))
     logits = {g: last_logits(patient, t) for g, t in texts.items()}
     answers = {g: l.argmax(-1) for g, l in logits.items()}  # an opener the answer itself began with is no refusal
