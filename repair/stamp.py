@@ -39,7 +39,7 @@ from repair.patches import Delta, Patch, PatchRejected
 from repair.patient import Patient
 from repair.refusal import activations_at, last_logits_only, layer_separation, refusal_subspace, token_positions
 from repair.tasks import QA
-from repair.tasks.choice import parse_choice, with_options
+from repair.tasks.choice import parse_choice, stem, with_options
 from repair.tasks.corpus import GENERAL_QUESTIONS
 from repair.tasks.refusals import is_refusal, refusal_references
 
@@ -205,26 +205,30 @@ class Stamp:
             return None
         seed = int(self.cfg.get("seed", 0))
         rng = random.Random(seed)
-        whole = all(q.subject == q.question.split("\n")[0] for q in templates if q.subject)
-        extra = list(GENERAL_QUESTIONS) if whole else self.subject_pool or fresh_unknown_subjects(n, seed)
-        own = [q.subject for q in templates if q.subject]
-        pool = [s for s in dict.fromkeys([*own, *unknown, *extra]) if s not in avoid]
+        whole = [_subject_is_question(q) for q in templates]
+        pools: dict[bool, list[str]] = {}
+        if not all(whole):  # other subjects in the same question
+            own = [q.subject for q, w in zip(templates, whole) if not w]
+            extra = self.subject_pool or fresh_unknown_subjects(n, seed)
+            pools[False] = [s for s in dict.fromkeys([*own, *unknown, *extra]) if s not in avoid]
+        if any(whole):  # other questions in the same form (options block, instruction)
+            own = [stem(q.question, q.choices) for q, w in zip(templates, whole) if w]
+            pools[True] = [s for s in dict.fromkeys([*own, *unknown, *GENERAL_QUESTIONS]) if s not in avoid]
         options: dict[str, list[str]] = {}
         for q in templates:
             options.setdefault(q.attribute, []).extend(c for c in q.choices if c not in options[q.attribute])
-        near = 0 if whole else round(float(self.cfg.get("contrast_neighbours", 0.0)) * -(-n // len(templates)))
+        near = round(float(self.cfg.get("contrast_neighbours", 0.0)) * -(-n // len(templates)))
         ranked: dict[str, list[str]] = {}
         questions = []
         for i in range(n):
-            q, k = templates[i % len(templates)], i // len(templates)  # the k-th contrast of this template
-            others = [s for s in pool if s != q.subject]
-            if k < near and q.subject not in ranked:
-                ranked[q.subject] = _nearest(patient.tokenizer, q.subject, others)
-            other = ranked[q.subject][k] if k < near else others[(k + i) % len(others)]
-            if not q.subject:
-                text = other
-            else:
-                text = q.question.replace(q.subject, other, 1 if whole else -1)
+            j, k = i % len(templates), i // len(templates)  # the k-th contrast of template j
+            q = templates[j]
+            own = stem(q.question, q.choices) if whole[j] else q.subject
+            others = [s for s in pools[whole[j]] if s != own]
+            if k < near and not whole[j] and own not in ranked:
+                ranked[own] = _nearest(patient.tokenizer, own, others)
+            other = ranked[own][k] if k < near and not whole[j] else others[(k + i) % len(others)]
+            text = q.question.replace(own, other, 1 if whole[j] else -1)
             if q.choices and len(options[q.attribute]) >= len(q.choices):
                 text = with_options(text, q.choices, rng.sample(options[q.attribute], len(q.choices)))
             questions.append(text)
@@ -289,7 +293,8 @@ class Stamp:
         static = self._cached("held", patient, layers, (tuple(q.question for q in retain_buffer), weights), build)
         if from_buffer or not n_contrasts:
             return {l: {**h, "static": h} for l, h in static.items()}
-        contrasts = self._contrasts(patient, forget, self.unknown_subjects, frozenset(q.subject for q in forget))
+        avoid = frozenset(q.subject for q in forget) | {stem(q.question, q.choices) for q in forget}
+        contrasts = self._contrasts(patient, forget, self.unknown_subjects, avoid)
         x_acts = activations_at(patient, *contrasts, layers)
         held = {}
         for layer, h in static.items():
@@ -345,6 +350,10 @@ class Stamp:
         if self.cfg.get("keys", "answer_start") == "answer_start":
             f_texts, f_pos = self._answer_starts(patient, forget)
         else:
+            unnamed = [q.question[:60] for q in forget if not q.subject or q.subject not in q.question]
+            if unnamed:
+                raise ValueError(f"method.keys=subject needs forget questions that name their subject; "
+                                 f"{len(unnamed)} do not (e.g. {unnamed[0]!r}); use method.keys=answer_start")
             f_texts, f_pos = self._prompts(patient, forget, [q.subject for q in forget])
         if target_kind in ("unknown", "direction"):  # aligns f_pos with the counterfactual spans
             u_texts, u_pos = self._counterfactuals(patient, forget, f_pos)
@@ -559,6 +568,13 @@ def refusal_openers(tokenizer, n: int, multiple_choice: bool = False) -> list[in
     if not multiple_choice:
         return firsts
     return [t for t in firsts if len(tokenizer.decode([t]).strip()) >= 3] or firsts
+
+
+def _subject_is_question(q: QA) -> bool:
+    """Whether a contrast of `q` must be another question: its subject is the question itself (`misinformation`),
+    or is not named in it (real benchmarks: no subject, or a group label such as a TOFU author)."""
+    question = stem(q.question, q.choices)
+    return not q.subject or q.subject == question or q.subject not in question
 
 
 def _nearest(tokenizer, subject: str, pool: Sequence[str]) -> list[str]:

@@ -17,12 +17,25 @@ def format_prompt(question: str, choices: Sequence[str]) -> str:
     return f"{question}\n{options}\n{INSTRUCTION}"
 
 
+def _options_block(choices: Sequence[str]) -> str:
+    return "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(choices))
+
+
 def with_options(prompt: str, old: Sequence[str], new: Sequence[str]) -> str:
     """A formatted prompt with its options block replaced by `new` (same instruction, same stem)."""
-    block = "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(old))
+    block = _options_block(old)
     if block not in prompt:
         raise ValueError(f"prompt has no options block {block!r}")
-    return prompt.replace(block, "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(new)))
+    return prompt.replace(block, _options_block(new))
+
+
+def stem(prompt: str, choices: Sequence[str]) -> str:
+    """The question of a formatted prompt without its options block and instruction (the whole prompt when it holds
+    no options block: a free-text question)."""
+    block = _options_block(choices) if choices else ""
+    if not block or block not in prompt:
+        return prompt
+    return prompt[:prompt.index(block)].rstrip("\n")
 
 
 def format_answer(choices: Sequence[str], label: int) -> str:
