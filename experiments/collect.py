@@ -15,7 +15,7 @@ from typing import Any, Iterable
 import pandas as pd
 from omegaconf import OmegaConf
 
-from repair.resume import missing_keys
+from repair.resume import problems
 
 log = logging.getLogger(__name__)
 
@@ -131,13 +131,14 @@ def load_runs(root: str | Path, expected: bool = True) -> pd.DataFrame:
         if path.exists():
             try:
                 res = json.loads(path.read_text())
-                missing = missing_keys(res) if isinstance(res, dict) else ["a JSON object"]
-                if not missing:
+                problem = problems(res)
+                if not problem:
                     rows.append(_row(res, job_dir) | {"status": "ok"})
                     continue
-                reason = f"incomplete results.json (no {', '.join(missing)})"
+                reason = f"incomplete results.json ({problem})"
             except json.JSONDecodeError as err:
                 reason = f"unreadable results.json ({err})"
+            log.warning("not counting %s as a completed run: %s", path, reason)
         else:
             reason = "no results.json (the job failed or is still running)"
         if not (job_dir / ".hydra" / "config.yaml").exists():
@@ -147,6 +148,46 @@ def load_runs(root: str | Path, expected: bool = True) -> pd.DataFrame:
     if expected:
         rows += _missing_rows(root, rows)
     return pd.DataFrame(rows)
+
+
+def shown_path(path: str | Path, root: str | Path) -> str:
+    """`path` as generated docs show it: relative to the sweep folder `root` (never a machine's absolute path)."""
+    try:
+        return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
+    except ValueError:  # not below root
+        return Path(path).name
+
+
+def sweep_recipe(root: str | Path, groups: Iterable[Any] | None = None) -> str | None:
+    """The recipe a sweep folder ran: the `group` of its multirun.yaml, else of its runs' configs (`groups`, or read
+    from every results.json below `root`), else the folder layout `outputs/sweeps/<recipe>/<patient>`."""
+    root = Path(root)
+    for sweep_file in sorted(root.rglob("multirun.yaml")):
+        group = OmegaConf.load(sweep_file).get("group")
+        if isinstance(group, str):
+            return group
+    if groups is None:
+        groups = []
+        for path in sorted(root.rglob("results.json")):
+            try:
+                groups.append(((json.loads(path.read_text()) or {}).get("config") or {}).get("group"))
+            except (json.JSONDecodeError, AttributeError):
+                continue
+    named = sorted({g for g in groups if isinstance(g, str) and g})
+    if named:
+        return "+".join(named)
+    parts = root.resolve().parts
+    below = [i + 1 for i, part in enumerate(parts[:-1]) if part == "sweeps"]
+    return parts[below[-1]] if below else None
+
+
+def describe_sweep(root: str | Path, patients: Iterable[Any], runs: int, groups: Iterable[Any] | None = None,
+                   gaps: str = "") -> str:
+    """What generated docs say a table was made from, e.g. 'sweep: table2 on smollm2_135m, 30 runs': the recipe
+    and the patients, never the folder (a temporary folder or another machine's path means nothing to a reader)."""
+    names = sorted({p for p in patients if isinstance(p, str) and p})
+    return (f"sweep: {sweep_recipe(root, groups) or 'no recipe'} on {', '.join(names) or 'unknown patient'}, "
+            f"{runs} run{'s' if runs != 1 else ''}{gaps}")
 
 
 def _owner(job_dir: Path, sweeps: list[Path]) -> Path | None:

@@ -24,9 +24,11 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from experiments.collect import describe_sweep, shown_path  # noqa: E402
 from experiments.plots import save_figure  # noqa: E402
 from experiments.tables import ROW_ORDER, TASK_ORDER, method_label  # noqa: E402
 from repair.io import atomic_path  # noqa: E402
+from repair.resume import invalid_fields  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +86,12 @@ def load_robustness(root: str | Path) -> pd.DataFrame:
         except json.JSONDecodeError as err:
             log.warning("skipping unreadable %s: %s", path, err)
             continue
+        bad = invalid_fields(res) if isinstance(res, dict) else ["everything (not a JSON object)"]
+        if bad:  # what the table reads must keep the results.json contract; a missing section only leaves gaps
+            log.warning("skipping %s: invalid %s", path, "; ".join(bad))
+            continue
         if res.get("robustness"):
-            rows.append(_row(res, path))
+            rows.append(_row(res, path) | {"path": shown_path(path.parent, root)})  # not a machine's absolute path
     runs = pd.DataFrame(rows)
     if runs.empty:
         return runs
@@ -233,7 +239,8 @@ def write_robustness(root: str | Path, out: str | Path | None = None, name: str 
     table = summarize(runs)
     md = out / f"{name}.md"
     with atomic_path(md) as tmp:
-        tmp.write_text(f"<!-- python -m experiments.robustness {root} -->\n\n" + to_markdown(table))
+        tmp.write_text(f"<!-- python -m experiments.robustness — {describe_sweep(root, runs['patient'], len(runs))} -->"
+                       "\n\n" + to_markdown(table))
     csv = out / f"{name}.csv"
     with atomic_path(csv) as tmp:
         runs.to_csv(tmp, index=False)

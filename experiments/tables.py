@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from experiments.collect import IDENTITY_KEYS, load_runs, sweep_grid
+from experiments.collect import IDENTITY_KEYS, describe_sweep, load_runs, shown_path, sweep_grid
 from repair.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -189,12 +189,13 @@ NOTES = ("mean ± std over seeds; (k/n): only k of n runs completed; — (failed
          "↓ lower is better, ↑ higher is better; Time = unlearning wall clock.")
 
 
-def report_gaps(runs: pd.DataFrame) -> list[str]:
-    """One warning line per run that did not complete."""
+def report_gaps(runs: pd.DataFrame, root: str | Path | None = None) -> list[str]:
+    """One warning line per run that did not complete (its folder relative to the sweep folder `root` if given)."""
     lines = []
     for _, r in runs[runs["status"] != "ok"].iterrows():
+        where = shown_path(r["path"], root) if root is not None else r["path"]
         lines.append(f"{r['status']}: {method_label(r['method'], bool(r['oracle']))} on {r['task']} seed {r['seed']}"
-                     f" — {r.get('reason', '')} ({r['path']})")
+                     f" — {r.get('reason', '')} ({where})")
     for line in lines:
         log.warning("%s", line)
     return lines
@@ -214,6 +215,16 @@ def sweep_name(root: str | Path) -> str:
     return "table"
 
 
+def sweep_header(root: str | Path, runs: pd.DataFrame) -> str:
+    """'sweep: table2 on smollm2_135m, 30 runs' (and how many failed or are missing): never the folder's path."""
+    counts = runs["status"].value_counts() if len(runs) else pd.Series(dtype=int)
+    failed, missing = int(counts.get("failed", 0)), int(counts.get("missing", 0))
+    gaps = f", {failed} failed, {missing} missing" if failed or missing else ""
+    ok = runs[runs["status"] == "ok"] if len(runs) else runs
+    groups = list(ok["cfg/group"]) if "cfg/group" in ok else []
+    return describe_sweep(root, runs["patient"] if "patient" in runs else [], len(ok), groups, gaps)
+
+
 def write_tables(root: str | Path, out: str | Path | None = None, name: str | None = None,
                  by: Sequence[str] | None = None) -> dict[str, Any]:
     """Read the runs below `root`, write `<name>.md/.tex/.csv` into `out` (default `<root>/tables`)."""
@@ -223,9 +234,9 @@ def write_tables(root: str | Path, out: str | Path | None = None, name: str | No
     runs = load_runs(root)
     by = list(ablation_keys(root) if by is None else by)
     table = summarize(runs, by)
-    gaps = report_gaps(runs)
+    gaps = report_gaps(runs, root)
     markdown, latex = to_markdown(table, by), to_latex(table, by)
-    md_text = f"# {name}: {root}\n\n{markdown}\n\n{NOTES}\n"
+    md_text = f"# {name} — {sweep_header(root, runs)}\n\n{markdown}\n\n{NOTES}\n"
     if gaps:
         md_text += "\nRuns that did not complete:\n\n" + "".join(f"- {g}\n" for g in gaps)
     paths = {"md": out / f"{name}.md", "tex": out / f"{name}.tex", "csv": out / f"{name}.csv"}

@@ -5,6 +5,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -44,15 +45,32 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
         tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
 
 
+def _remove_stale_temporaries(target: Path) -> None:
+    """Delete `.<name>.<random>.tmp` beside `target` (what atomic_path makes for it). The random part holds no dot,
+    so the temporaries of another entry whose name starts with `<name>.` never match."""
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.[^./]+\.tmp")
+    for stale in target.parent.iterdir():
+        if not pattern.fullmatch(stale.name):
+            continue
+        log.warning("removing %s, left by a cache build that was killed", stale)
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
 def cached_dir(target: Path, build: Callable[[Path], None]) -> Path:
     """Return the cache folder `target`, building it with `build(tmp_dir)` unless a complete copy is there.
 
     A file lock makes concurrent jobs wait for one builder instead of building twice; the COMPLETE marker is
-    written inside the temporary folder, so only a fully built entry is ever renamed into place.
+    written inside the temporary folder, so only a fully built entry is ever renamed into place. Temporary folders a
+    killed builder (kill -9, power loss) left beside `target` are removed under the lock: no live builder of this
+    target can be using them.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
+        _remove_stale_temporaries(target)
         if (target / "COMPLETE").exists():
             return target
         if target.exists():

@@ -37,4 +37,5 @@ def perplexity(model, tokenizer, texts: Sequence[str], batch_size: int = 8, max_
             nll = torch.nn.functional.cross_entropy(logits[mask], targets[mask], reduction="sum")
             total_nll += float(nll)
             total_tokens += int(mask.sum())
-    return math.exp(total_nll / max(total_tokens, 1))
+    mean = total_nll / max(total_tokens, 1)
+    return math.exp(mean) if mean < 709 else math.inf  # a broken patient: past float range, not a crash

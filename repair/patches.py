@@ -2,9 +2,12 @@
 
 A patch keeps the original tensors it replaced while applied (in memory), so revert is exact; a saved patch holds
 only its factors and provenance, so it is small and can be applied to a fresh copy of the same base weights.
+Patches stack: revert them newest first. A revert checks (by a hash of the bytes) that the weights it restores are
+still exactly as its apply left them, and refuses otherwise, rather than wiping out a later patch or edit.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -20,6 +23,18 @@ from repair.io import atomic_path
 
 class PatchRejected(ValueError):
     """A patch failed a guard rail (NaN/Inf, norm bound); the model was left unchanged."""
+
+
+class PatchConflict(RuntimeError):
+    """A revert found the weights changed since the patch was applied (a later patch, training); nothing changed."""
+
+
+def _fingerprint(tensor: torch.Tensor) -> str:
+    """A hash of the tensor's exact bytes (dtype and shape included): equal iff bit for bit equal."""
+    data = tensor.detach().contiguous().reshape(-1).view(torch.uint8).cpu().numpy()
+    digest = hashlib.blake2b(data, digest_size=16)
+    digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+    return digest.hexdigest()
 
 
 @dataclass
@@ -44,6 +59,7 @@ class Patch:
     deltas: list[Delta]
     provenance: dict[str, Any] = field(default_factory=dict)
     _originals: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    _applied: dict[str, str] = field(default_factory=dict, repr=False)  # parameter → fingerprint after apply
 
     @property
     def applied(self) -> bool:
@@ -78,19 +94,33 @@ class Patch:
         params = dict(model.named_parameters())
         for d in self.deltas:
             p = params[d.parameter]
-            self._originals[d.parameter] = p.detach().clone()
+            if d.parameter not in self._originals:  # two deltas on one weight: keep the weight before the first
+                self._originals[d.parameter] = p.detach().clone()
             p.add_(d.dense(p.dtype).to(p.device))
+        self._applied = {name: _fingerprint(params[name]) for name in self._originals}
         self.provenance.setdefault("applied_at", time.time())
         return ratios
 
     @torch.no_grad()
     def revert(self, model) -> None:
+        """Restore the weights this patch replaced, bit for bit. Refuses (PatchConflict, nothing changed) when
+        they changed since this patch was applied: patches must be reverted newest first."""
         if not self.applied:
             raise RuntimeError("patch is not applied")
         params = dict(model.named_parameters())
+        for name in self._originals:
+            if name not in params:
+                raise PatchConflict(f"cannot revert: the model has no parameter {name!r} (is this the model the "
+                                    "patch was applied to?); nothing was changed")
+            if name in self._applied and _fingerprint(params[name]) != self._applied[name]:
+                raise PatchConflict(
+                    f"cannot revert: {name} changed since this patch was applied (another patch applied after it, "
+                    "or the weights were edited); reverting now would wipe out that change. Patches must be "
+                    "reverted in reverse order of application, newest first; nothing was changed")
         for name, original in self._originals.items():
             params[name].copy_(original)
         self._originals.clear()
+        self._applied.clear()
 
     def save(self, path: str | Path) -> None:
         tensors = {}
@@ -106,8 +136,23 @@ class Patch:
         from safetensors import safe_open
 
         with safe_open(str(path), "pt") as f:
-            meta = f.metadata()
+            meta = f.metadata() or {}
+        if "parameters" not in meta:
+            raise ValueError(f"{path}: not a RePAIR patch (missing 'parameters' metadata; a patch is written by "
+                             "Patch.save)")
+        try:
+            names = json.loads(meta["parameters"])
+            provenance = json.loads(meta.get("provenance") or "{}")
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not a RePAIR patch (unreadable metadata: {err})") from err
+        if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+            raise ValueError(f"{path}: not a RePAIR patch ('parameters' metadata is not a list of names)")
         tensors = load_file(str(path))
-        names = json.loads(meta["parameters"])
+        expected = {f"{i}.{side}" for i in range(len(names)) for side in ("left", "right")}
+        if set(tensors) != expected:
+            pairs = len({k.split(".")[0] for k in tensors})
+            raise ValueError(f"{path}: damaged patch: the metadata names {len(names)} parameters but the file holds "
+                             f"{len(tensors)} tensors ({pairs} left/right pairs); expected exactly one `i.left` and one "
+                             "`i.right` per name")
         deltas = [Delta(n, tensors[f"{i}.left"], tensors[f"{i}.right"]) for i, n in enumerate(names)]
-        return cls(deltas, json.loads(meta["provenance"]))
+        return cls(deltas, provenance if isinstance(provenance, dict) else {})

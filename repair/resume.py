@@ -23,8 +23,56 @@ EXECUTION_KEYS = ("cache_dir", "threads", "resume", "logger")
 def missing_keys(results: dict[str, Any]) -> list[str]:
     """What a results.json lacks to count as complete (empty when complete)."""
     missing = [k for k in REQUIRED_KEYS if k not in results]
-    missing += [f"metrics.{stage}" for stage in ("before", "after") if stage not in (results.get("metrics") or {})]
+    metrics = results.get("metrics")
+    missing += [f"metrics.{stage}" for stage in ("before", "after")
+                if stage not in (metrics if isinstance(metrics, dict) else {})]
     return missing
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else f"{type(value).__name__} {json.dumps(value, default=str)[:40]}"
+
+
+def _is_number(value: Any) -> bool:
+    """A metric or timing value: int or float, not bool (NaN: not measured; Inf: a perplexity past float range)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def invalid_fields(results: dict[str, Any]) -> list[str]:
+    """Fields a results.json holds with the wrong type, each as 'field (what it is, what it must be)'; empty when
+    every present field keeps the contract (README "results.json"): method/task/patient strings, seed an int,
+    metrics.before/after and runtime_s objects of numbers (int/float, finite or NaN), config an object."""
+    bad = []
+    for key in ("method", "task", "patient"):
+        if key in results and not isinstance(results[key], str):
+            bad.append(f"{key} ({_kind(results[key])}, expected a string)")
+    if "seed" in results and not (isinstance(results["seed"], int) and not isinstance(results["seed"], bool)):
+        bad.append(f"seed ({_kind(results['seed'])}, expected an integer)")
+    for key in ("config",):
+        if key in results and not isinstance(results[key], dict):
+            bad.append(f"{key} ({_kind(results[key])}, expected an object)")
+    metrics = results.get("metrics")
+    if "metrics" in results and not isinstance(metrics, dict):
+        bad.append(f"metrics ({_kind(metrics)}, expected an object with before and after)")
+    sections = [(f"metrics.{stage}", metrics[stage]) for stage in ("before", "after")
+                if isinstance(metrics, dict) and stage in metrics]
+    sections += [("runtime_s", results["runtime_s"])] if "runtime_s" in results else []
+    for name, section in sections:
+        if not isinstance(section, dict):
+            bad.append(f"{name} ({_kind(section)}, expected an object of numbers)")
+            continue
+        bad += [f"{name}.{k} ({_kind(v)}, expected a finite number or NaN)"
+                for k, v in section.items() if not _is_number(v)]
+    return bad
+
+
+def problems(results: Any) -> str | None:
+    """Why a parsed results.json does not count as complete (None when it does): what it lacks, what is invalid."""
+    if not isinstance(results, dict):
+        return "not a JSON object"
+    missing, bad = missing_keys(results), invalid_fields(results)
+    parts = ([f"no {', '.join(missing)}"] if missing else []) + ([f"invalid {'; '.join(bad)}"] if bad else [])
+    return "; ".join(parts) or None
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
@@ -53,9 +101,9 @@ def completed_results(out_dir: str | Path, cfg: DictConfig | dict) -> dict[str, 
     except (OSError, json.JSONDecodeError) as err:
         log.warning("resume: %s is unreadable (%s); running the job again", path, err)
         return None
-    missing = missing_keys(results) if isinstance(results, dict) else ["everything (not a JSON object)"]
-    if missing:
-        log.warning("resume: %s is incomplete (no %s); running the job again", path, ", ".join(missing))
+    problem = problems(results)
+    if problem:
+        log.warning("resume: %s is incomplete (%s); running the job again", path, problem)
         return None
     current = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     changed = _differences(_comparable(results["config"]), _comparable(current))

@@ -135,7 +135,7 @@ def load_text(source: str, limit: int | None = None) -> list[str]:
         raise ValueError(f"{source}: is a folder; load_text needs a .txt/.json/.jsonl/.parquet file "
                          f"or the hub id {TINYSTORIES_HUB!r}")
     if kind == "file" and Path(source).suffix == ".txt":
-        texts = _split_documents(Path(source).read_text(encoding="utf-8"))
+        texts = _split_documents(Path(source).read_text(encoding="utf-8-sig"))
     else:
         split = "validation" if limit is None else f"validation[:{limit}]"
         records = _hub_records(TINYSTORIES_HUB, split=split) if kind == "hub" else _read_records(Path(source))
@@ -317,7 +317,7 @@ def _read_parquet(path: Path) -> Iterator[Located]:
 
 def _read_json(path: Path) -> Iterator[Located]:
     """A .json file is either one JSON array of records or, as TOFU publishes it, JSON lines."""
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8-sig")
     if not text.lstrip().startswith("["):
         yield from _read_jsonl(path)
         return
@@ -330,7 +330,7 @@ def _read_json(path: Path) -> Iterator[Located]:
 
 
 def _read_jsonl(path: Path) -> Iterator[Located]:
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8-sig") as f:
         for n, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -349,8 +349,9 @@ def _checked_object(row: Any, where: str) -> Located:
 
 
 def _read_mmlu_csv(path: Path) -> Iterator[Located]:
-    """Rows of an original-release MMLU CSV as records with `choices` and the answer letter."""
-    with path.open(encoding="utf-8", newline="") as f:
+    """Rows of an original-release MMLU CSV as records with `choices` and the answer letter (a UTF-8 byte order
+    mark, as spreadsheet exports write, is dropped; every field is stripped)."""
+    with path.open(encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f)
         start = 1
         for cells in reader:
@@ -362,6 +363,7 @@ def _read_mmlu_csv(path: Path) -> Iterator[Located]:
                 raise ValueError(f"{where}: expected {len(MMLU_CSV_COLUMNS)} columns "
                                  f"({', '.join(MMLU_CSV_COLUMNS)}), got {len(cells)}")
             # the letter is resolved here: an option whose text is "B" must not be mistaken for the letter
+            cells = [c.strip() for c in cells]
             yield where, {"question": cells[0], "choices": cells[1:5], "answer": _letter_index(cells[5], 4, where)}
 
 
