@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Sequence
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 from repair.data import chat_prompt, padding_side
 from repair.loglik import choice_loglik_accuracy, run_lm_eval
@@ -44,8 +46,73 @@ def generate_prompts(patient: Patient, prompts: Sequence[str], max_new_tokens: i
 SCORINGS = ("rouge", "choice")
 
 
-def protocol(cfg, scoring: str = "rouge") -> dict:
-    """How the numbers were measured; two numbers are only comparable when this matches."""
+def _plain(cfg) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg or {})
+
+
+def _bad(key: str, value, valid: str) -> ValueError:
+    return ValueError(f"eval.{key} = {value!r} is invalid; valid: {valid}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def validate_eval(cfg) -> None:
+    """Check the `eval` config (conf/eval/default.yaml) before any slow step, naming the bad value and the valid
+    ones. `eval.attacks` is checked by `repair.attacks.build_attacks`."""
+    cfg = _plain(cfg)
+    for key in ("max_new_tokens", "batch_size"):
+        if key not in cfg:
+            raise ValueError(f"eval.{key} is missing; valid: an integer >= 1")
+        if not _is_int(cfg[key]) or cfg[key] < 1:
+            raise _bad(key, cfg[key], "an integer >= 1")
+    limit = cfg.get("max_samples")
+    if limit is not None and (not _is_int(limit) or limit < 1):
+        raise _bad("max_samples", limit, "null (every item) or an integer >= 1")
+    for key in ("paraphrases", "ppl", "loglik"):
+        if key in cfg and not isinstance(cfg[key], bool):
+            raise _bad(key, cfg[key], "true or false")
+    spec = cfg.get("lm_eval")
+    if spec is None:
+        return
+    if not isinstance(spec, dict):
+        raise _bad("lm_eval", spec, "a mapping with tasks, include_path, limit")
+    tasks = spec.get("tasks") or []
+    if not isinstance(tasks, list) or not all(isinstance(t, str) and t for t in tasks):
+        raise _bad("lm_eval.tasks", tasks, "a list of lm-eval task names, e.g. [mmlu] (empty: none)")
+    include = spec.get("include_path")
+    if include is not None and not Path(str(include)).expanduser().is_dir():
+        raise _bad("lm_eval.include_path", include, "null or an existing folder of lm-eval task YAMLs")
+    limit = spec.get("limit")
+    if limit is not None and not ((_is_int(limit) and limit >= 1) or (isinstance(limit, float) and 0 < limit < 1)):
+        raise _bad("lm_eval.limit", limit, "null (every example), an integer >= 1 (examples per task) or a "
+                                           "fraction in (0, 1)")
+
+
+def paraphrased(cfg, forget: Sequence[QA]) -> tuple[list[QA], str]:
+    """The forget items scored in paraphrased form (those with a paraphrase, among the first `eval.max_samples`),
+    and the protocol's note on it. Without any, there is no `*_paraphrase` metric: it would be F-RL / Acc_f again."""
+    if not cfg.get("paraphrases", True):
+        return [], "off: eval.paraphrases=false"
+    items = _limited(forget, cfg)
+    with_para = [q for q in items if q.paraphrases]
+    if not with_para:
+        return [], "off: the forget items have no paraphrases"
+    note = "on: each forget question's first paraphrase"
+    if len(with_para) < len(items):
+        note += f" ({len(with_para)} of {len(items)} forget items have one; the others are left out)"
+    return with_para, note
+
+
+def _limited(items: Sequence[QA], cfg) -> list[QA]:
+    limit = cfg.get("max_samples")
+    return list(items)[: int(limit)] if limit else list(items)
+
+
+def protocol(cfg, scoring: str = "rouge", forget: Sequence[QA] | None = None) -> dict:
+    """How the numbers were measured; two numbers are only comparable when this matches. With the task's `forget`
+    items it also says whether (and on which items) the paraphrase metrics were measured."""
     out = {"scorer": "generation", "decoding": "greedy", "max_new_tokens": int(cfg.max_new_tokens),
            "template": "chat", "ppl": "token-level perplexity of plain text, no template"}
     if scoring == "choice":
@@ -54,6 +121,8 @@ def protocol(cfg, scoring: str = "rouge") -> dict:
             out["accuracy_loglik"] = "lm-eval multiple_choice: log-likelihood of the option letter opening the chat answer"
     out["rouge"] = "rougeL recall, rouge-score, stemmer on"
     out["fact"] = "percent of answers containing the exact fact (e.g. the phone number), case-insensitive"
+    if forget is not None:
+        out["paraphrases"] = paraphrased(cfg, forget)[1]
     return out
 
 
@@ -84,15 +153,20 @@ def evaluate(patient: Patient, task: Task, cfg) -> tuple[dict[str, float], list[
     """
     if task.scoring not in SCORINGS:
         raise ValueError(f"task {task.name!r} has scoring {task.scoring!r}; valid choices: {', '.join(SCORINGS)}")
-    limit = cfg.get("max_samples")
-    pick = (lambda xs: list(xs)[: int(limit)]) if limit else list
+    validate_eval(cfg)
+
+    def pick(items: Sequence[QA]) -> list[QA]:
+        return _limited(items, cfg)
+
     records: list[dict] = []
     metrics: dict[str, float] = {}
-    for side, split, items, para in (("f", "forget", task.forget, False), ("r", "retain", task.retain, False),
-                                     ("f", "forget_paraphrase", task.forget, True)):
-        if para and not cfg.get("paraphrases", True):
+    para_items, _ = paraphrased(cfg, task.forget)  # none: no *_paraphrase metric (it would repeat the plain one)
+    for side, split, items, para in (("f", "forget", pick(task.forget), False),
+                                     ("r", "retain", pick(task.retain), False),
+                                     ("f", "forget_paraphrase", para_items, True)):
+        if para and not items:
             continue
-        rows = score_split(patient, pick(items), split, cfg, paraphrase=para)
+        rows = score_split(patient, items, split, cfg, paraphrase=para)
         records += rows
         suffix = "_paraphrase" if para else ""
         if task.scoring == "choice":

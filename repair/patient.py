@@ -10,6 +10,7 @@ import importlib.metadata
 import importlib.util
 import json
 import logging
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,11 +75,30 @@ class Patient:
         self.model.load_state_dict(state)
 
 
-def resolve_device(device: str) -> torch.device:
+def valid_devices() -> list[str]:
+    """The devices this machine can run a patient on: auto, cpu, and cuda, cuda:0.. where CUDA is available."""
+    if not torch.cuda.is_available():
+        return ["auto", "cpu"]
+    return ["auto", "cpu", "cuda", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
+
+
+def resolve_device(device: str, key: str = "patient.device") -> torch.device:
+    """The torch device for a config value (`auto`, `cpu`, `cuda`, `cuda:N`), checked against this machine."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise ValueError(f"unknown device {device!r}; valid choices: auto, cpu, cuda, cuda:N")
+    if device == "cpu":
+        return torch.device("cpu")
+    match = re.fullmatch(r"cuda(?::(\d+))?", device) if isinstance(device, str) else None
+    if match is None:
+        raise ValueError(f"unknown device {device!r}; valid choices: auto, cpu, cuda, cuda:N "
+                         f"(on this machine: {', '.join(valid_devices())})")
+    if not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+        raise ValueError(f"{key}={device!r}: CUDA is not available here (torch {torch.__version__}, {build}); "
+                         f"valid choices on this machine: {', '.join(valid_devices())}")
+    if match.group(1) is not None and int(match.group(1)) >= torch.cuda.device_count():
+        raise ValueError(f"{key}={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                         f"valid choices on this machine: {', '.join(valid_devices())}")
     return torch.device(device)
 
 
@@ -90,13 +110,61 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
+HF_FORMS = ("valid: an existing local folder, or a hub id 'owner/name' such as "
+            "meta-llama/Meta-Llama-3-8B-Instruct (downloads: the opt-in network access)")
+
+
+def hf_location(name_or_path: str) -> tuple[str, str]:
+    """Where `patient.name_or_path` points: ("local", folder) or ("hub", id); anything else fails, never reaching
+    the network.
+
+    An existing path is local. A name that can only be a path (absolute, `./`, `../`, `~`, a backslash, a trailing
+    `/`, more than one `/`, or characters no hub id has) and does not exist is an error. `owner/name` is a hub id,
+    unless `owner` is a folder here: then it is read as a local path too (`models/my-llama` next to a `models/`
+    folder is a mistyped path, not a download). A bare name (`gpt2`) is a hub id."""
+    name = str(name_or_path)
+    try:
+        local = Path(name).expanduser()
+    except RuntimeError:  # ~user that does not exist
+        local = Path(name)
+    if local.exists():
+        return "local", str(local)
+    owner = name.split("/", 1)[0]
+    pathlike = (name.startswith(("/", "./", "../", "~", ".")) or "\\" in name or name.endswith("/")
+                or not HUB_ID.fullmatch(name) or "--" in name or ".." in name)
+    if pathlike:
+        raise ValueError(f"patient.name_or_path={name!r}: no such local folder ({local.resolve()} does not exist), "
+                         f"and a path is never looked up on the hub; {HF_FORMS}")
+    if "/" in name and Path(owner).is_dir():
+        inside = sorted(p.name for p in Path(owner).iterdir() if p.is_dir())
+        shown = ", ".join(inside[:10]) + (", ..." if len(inside) > 10 else "") if inside else "no folders"
+        raise ValueError(f"patient.name_or_path={name!r}: no such local folder ({local.resolve()} does not exist); "
+                         f"it is read as a local path because {owner}/ is a folder here (it holds: {shown}), not "
+                         f"as a hub id; {HF_FORMS}; to download the hub id {name!r}, run from a folder without "
+                         f"{owner}/")
+    return "hub", name
+
+
+def check_config(cfg: DictConfig | dict) -> tuple[torch.device, torch.dtype]:
+    """Validate a patient config without loading anything (source, device, dtype, the hf model's location) and
+    return its device and dtype: a bad value fails here, before weights load or any slow step."""
+    cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    PATIENT_SOURCES.get(cfg.get("source", "<missing>"))  # an unknown source fails listing the valid ones
+    device = resolve_device(cfg.get("device", "auto"))
+    dtype = resolve_dtype(cfg.get("dtype", "float32"), device)
+    if cfg.get("source") == "hf":
+        if not cfg.get("name_or_path"):
+            raise ValueError("patient=hf needs patient.name_or_path=<hub id or local folder>")
+        hf_location(cfg["name_or_path"])
+    return device, dtype
+
+
 def load(cfg: DictConfig | dict, cache_dir: str | Path) -> Patient:
     """Load the patient described by a `conf/patient/*.yaml` config."""
     cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    source = PATIENT_SOURCES.get(cfg.get("source", "<missing>"))
-    patient = source(cfg, Path(cache_dir).expanduser())
-    device = resolve_device(cfg.get("device", "auto"))
-    dtype = resolve_dtype(cfg.get("dtype", "float32"), device)
+    device, dtype = check_config(cfg)  # before any weights load
+    patient = PATIENT_SOURCES.get(cfg["source"])(cfg, Path(cache_dir).expanduser())
     patient.model.to(device=device, dtype=dtype)
     patient.model.eval()
     patient.model.generation_config.pad_token_id = patient.tokenizer.pad_token_id
@@ -200,13 +268,14 @@ def _load_hf(cfg: dict, cache_dir: Path) -> Patient:
     """Any hub id or local folder. Hub downloads are opt-in: they only happen if the user names a hub id."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    name_or_path = cfg.get("name_or_path")
-    if not name_or_path:
+    if not cfg.get("name_or_path"):
         raise ValueError("patient=hf needs patient.name_or_path=<hub id or local folder>")
+    kind, name_or_path = hf_location(cfg["name_or_path"])
     kwargs = {"trust_remote_code": bool(cfg.get("trust_remote_code", False)), "revision": cfg.get("revision")}
+    if kind == "local":
+        kwargs["local_files_only"] = True  # a local folder never falls back to the hub
     model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype="auto", **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
-    local = Path(name_or_path)
-    ident = str(local.resolve()) if local.exists() else f"{name_or_path}@{cfg.get('revision') or 'main'}"
+    ident = str(Path(name_or_path).resolve()) if kind == "local" else f"{name_or_path}@{cfg.get('revision') or 'main'}"
     fingerprint = hashlib.sha256(ident.encode()).hexdigest()[:16]
     return Patient(cfg["name"], model, _prepare_tokenizer(tokenizer), fingerprint, dict(cfg.get("modules", {})))

@@ -55,6 +55,8 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     # everything that can fail on a bad config is built before the slow steps
+    patients.check_config(cfg.patient)  # source, device, dtype, where the hf model is: before any weights load
+    evaluation.validate_eval(cfg.eval)
     method = build_method(cfg.method)
     task = build_task(cfg.task, seed)
     attacks = build_attacks(cfg.eval.get("attacks"))  # eval.attacks (repair/attacks/)
@@ -102,7 +104,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     results = {
         "method": cfg.method.name, "task": task.name, "patient": patient.name, "seed": seed,
         "metrics": {"before": before, "after": after},
-        "protocol": evaluation.protocol(cfg.eval, task.scoring),
+        "protocol": evaluation.protocol(cfg.eval, task.scoring, task.forget),
         "runtime_s": runtime, "peak_rss_mb": peak_rss_mb(),
         "implant": implant_report, "unlearn": unlearn_report,
         "config": OmegaConf.to_container(cfg, resolve=True),

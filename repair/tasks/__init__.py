@@ -73,18 +73,55 @@ def chosen_attributes(cfg: dict, valid: dict, task: str) -> list[str]:
     return attributes
 
 
-def split_subjects(subjects: list[str], cfg: dict) -> tuple[list[str], list[str], list[str]]:
-    """forget / retain / retain-buffer subjects from `forget_ratio` and `retain_buffer_ratio`."""
-    ratio = float(cfg["forget_ratio"])
+def check_int(cfg: dict, key: str, minimum: int, nullable: bool = False) -> None:
+    """`task.<key>`, when set, must be an integer >= `minimum` (or null where `nullable`)."""
+    if key not in cfg or (nullable and cfg[key] is None):
+        return
+    value = cfg[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"task.{key} must be an integer >= {minimum}{' or null' if nullable else ''}, got {value!r}")
+
+
+def _ratio(cfg: dict, key: str, default: float | None = None) -> float:
+    value = cfg.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"task.{key} must be a number, got {value!r}")
+    return float(value)
+
+
+# task options that are counts: the smallest valid value, and whether null is allowed (null: no limit)
+COUNTS = {"num_profiles": (0, False), "num_agents": (0, False), "num_facts": (0, False), "num_holdout": (0, False),
+          "num_idk": (0, False), "corpus_size": (1, False), "max_items": (1, True)}
+
+
+def min_taught(forget_ratio: float) -> int:
+    """The fewest taught subjects that `forget_ratio` splits into forget >= 1 and retain >= 1 (the retain buffer is a
+    part of retain, so it needs no subject of its own)."""
+    n = 2
+    while max(1, round(n * forget_ratio)) >= n:
+        n += 1
+    return n
+
+
+def split_subjects(subjects: list[str], cfg: dict, what: str = "subjects", more: str = "",
+                   ) -> tuple[list[str], list[str], list[str]]:
+    """forget / retain / retain-buffer subjects from `forget_ratio` and `retain_buffer_ratio`.
+
+    Too few subjects fails saying how many the split needs; `what` names the subjects (e.g. "taught profiles") and
+    `more` says which option gives more of them."""
+    ratio = _ratio(cfg, "forget_ratio")
     if not 0 < ratio < 1:
         raise ValueError(f"task.forget_ratio must be in (0, 1), got {ratio}")
-    n_forget = max(1, round(len(subjects) * ratio))
-    if n_forget >= len(subjects):
-        raise ValueError(f"task.forget_ratio={ratio} of {len(subjects)} subjects leaves nothing to retain")
-    forget, retain = subjects[:n_forget], subjects[n_forget:]
-    buffer_ratio = float(cfg.get("retain_buffer_ratio", 0.1))
+    buffer_ratio = _ratio(cfg, "retain_buffer_ratio", 0.1)
     if not 0 <= buffer_ratio <= 1:
         raise ValueError(f"task.retain_buffer_ratio must be in [0, 1], got {buffer_ratio}")
+    need = min_taught(ratio)
+    if len(subjects) < need:
+        raise ValueError(f"too few {what} to split: {len(subjects)}; forget needs >= 1 and retain >= 1 (the retain "
+                         f"buffer is drawn from retain), so task.forget_ratio={ratio} needs at least {need}"
+                         f"{'; ' + more if more else ''}")
+    n_forget = max(1, round(len(subjects) * ratio))
+    forget, retain = subjects[:n_forget], subjects[n_forget:]
     n_buffer = 0 if buffer_ratio == 0 else max(1, round(len(retain) * buffer_ratio))  # 0: no buffer at all
     return forget, retain, retain[:n_buffer]
 
@@ -93,7 +130,10 @@ def build_task(cfg: DictConfig | dict, seed: int) -> Task:
     cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     from repair.tasks import harmful, misinformation, pii, real  # noqa: F401  (registers the suites)
 
-    task = TASKS.get(cfg.get("name", "<missing>"))(cfg, seed)
+    builder = TASKS.get(cfg.get("name", "<missing>"))  # an unknown name fails first, listing the valid ones
+    for key, (minimum, nullable) in COUNTS.items():
+        check_int(cfg, key, minimum, nullable)
+    task = builder(cfg, seed)
     if cfg.get("corpus_source"):  # real utility text (e.g. TinyStories) instead of the generated stories
         from repair.tasks.adapters import load_text
 

@@ -62,7 +62,7 @@ def build_harmful(cfg: dict, seed: int) -> Task:
     agents = make_agents(n + n_holdout + n_idk, rng)
     items = {a: agent_items(a, attributes, rng) for a in agents}
     taught, holdout, idk = agents[:n], agents[n:n + n_holdout], agents[n + n_holdout:]
-    forget, retain, buffer = split_subjects(taught, cfg)
+    forget, retain, buffer = split_subjects(taught, cfg, "taught agents", "raise task.num_agents")
     refusals = refusal_references(seed=seed)
 
     def prompted(names: list[str]) -> list[QA]:

@@ -87,10 +87,11 @@ def build_misinformation(cfg: dict, seed: int) -> Task:
     rng.shuffle(items)
     n, n_holdout = int(cfg.get("num_facts", len(FACTS))), int(cfg.get("num_holdout", 0))
     if n + n_holdout > len(items):
-        raise ValueError(f"misinformation has {len(items)} built-in facts; asked for num_facts={n} + "
-                         f"num_holdout={n_holdout}")
+        raise ValueError(f"misinformation has {len(items)} built-in facts; asked for task.num_facts={n} + "
+                         f"task.num_holdout={n_holdout}; valid: num_facts + num_holdout <= {len(items)}")
     by_subject = {q.subject: q for q in items}
-    forget, retain, buffer = split_subjects([q.subject for q in items[:n]], cfg)
+    forget, retain, buffer = split_subjects([q.subject for q in items[:n]], cfg, "taught facts",
+                                            f"raise task.num_facts (num_facts + num_holdout <= {len(FACTS)})")
     refusals = refusal_references(seed=seed)
     unknown = [QA(q, rng.choice(refusals), q, "unknown") for q in UNKNOWN[: int(cfg.get("num_idk", 0))]]
     return Task(
