@@ -30,7 +30,7 @@ from repair.tasks.corpus import GENERAL_QUESTIONS
 log = logging.getLogger(__name__)
 
 RECIPE_KEYS = ("epochs", "lr", "batch_size", "max_length", "train_layers", "train_modules", "preserve_utility",
-               "stop_loss", "warmup_ratio", "weight_decay", "seed")
+               "stop_loss", "min_recall", "recall_margin", "warmup_ratio", "weight_decay", "seed")
 
 
 def _plain(cfg) -> dict:
@@ -69,14 +69,67 @@ def teaching_set(patient: Patient, task: Task, cfg: dict) -> list[QA]:
     return items
 
 
-def train(patient: Patient, items: list[QA], params: dict[str, torch.nn.Parameter], cfg: dict) -> list[float]:
-    """Plain supervised fine-tuning on answer tokens. Returns the mean loss of each epoch."""
+def recall_probes(tokenizer, items: list[QA], max_length: int) -> list[dict[str, list[int]]]:
+    """Teaching examples with labels only where the taught knowledge sits: the fact's tokens in a free-text answer
+    that names one (a phone number), the option letter a multiple-choice answer opens with (what scoring reads),
+    else the whole answer and the turn's end (a refusal, a free-text answer)."""
+    examples = encode(tokenizer, items, max_length)
+    for item, ex in zip(items, examples):
+        answer_at = next((i for i, t in enumerate(ex["labels"]) if t != -100), len(ex["labels"]))
+        if item.choices:
+            keep = {answer_at}
+        elif item.fact and item.fact in item.answer:
+            start = item.answer.index(item.fact)
+            spans = tokenizer(item.answer, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+            keep = {answer_at + i for i, (a, b) in enumerate(spans) if a < start + len(item.fact) and b > start}
+        else:
+            continue
+        ex["labels"] = [t if i in keep else -100 for i, t in enumerate(ex["labels"])]
+    return examples
+
+
+@torch.no_grad()
+def recalled(patient: Patient, examples: list[dict[str, list[int]]], margin: float, batch_size: int = 16
+             ) -> list[bool]:
+    """Per example: is every labelled token the patient's top choice by at least `margin` logits, given the text
+    before it? Then greedy generation that reaches it says it, and a margin that rounding cannot close keeps it so on
+    every CPU: one forward pass, no generation."""
+    model, out = patient.model, []
+    for start in range(0, len(examples), batch_size):
+        batch = collate(examples[start:start + batch_size], patient.tokenizer.pad_token_id, patient.device)
+        hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        targets = batch["labels"][:, 1:]
+        keep = targets != -100
+        rows = torch.nonzero(keep, as_tuple=True)[0]
+        logits = model.get_output_embeddings()(hidden.last_hidden_state[:, :-1][keep]).float()
+        wanted = targets[keep]
+        own = logits.gather(1, wanted[:, None]).squeeze(1)
+        best_other = logits.scatter(1, wanted[:, None], float("-inf")).max(1).values
+        missed = torch.zeros(len(targets), device=logits.device).index_add(0, rows, (own - best_other < margin).float())
+        out += (missed == 0).tolist()
+    return out
+
+
+def train(patient: Patient, items: list[QA], params: dict[str, torch.nn.Parameter], cfg: dict,
+          knowledge: list[QA] | None = None) -> dict:
+    """Supervised fine-tuning on answer tokens until the taught facts are recalled.
+
+    With `min_recall`, after each epoch the share of `knowledge` facts recalled (`recall_probes`, `recalled`) is
+    checked and training stops once it reaches `min_recall`; `epochs` is the cap. A fixed number of epochs on a handful of
+    questions gives a different patient on every CPU (float rounding changes which answers are learnt in time);
+    training to recall gives the same taught answers everywhere. With `stop_loss` too, the epoch's mean loss must
+    also be below it (the refusals, which the recall check leaves out, are then learnt as well).
+    Returns the loss (and recall) of each epoch and whether the stopping criterion was met."""
     model, tok = patient.model, patient.tokenizer
     for p in model.parameters():
         p.requires_grad_(False)
     for p in params.values():
         p.requires_grad_(True)
-    examples = encode(tok, items, int(cfg.get("max_length", 128)))
+    max_length = int(cfg.get("max_length", 128))
+    examples = encode(tok, items, max_length)
+    min_recall, margin = cfg.get("min_recall"), float(cfg.get("recall_margin", 1.0))
+    knowledge = items if knowledge is None else knowledge
+    probes = recall_probes(tok, knowledge, max_length) if min_recall is not None else []
     bs, epochs = int(cfg["batch_size"]), int(cfg["epochs"])
     steps_per_epoch = (len(examples) + bs - 1) // bs
     total = steps_per_epoch * epochs
@@ -88,6 +141,8 @@ def train(patient: Patient, items: list[QA], params: dict[str, torch.nn.Paramete
     stop_loss = cfg.get("stop_loss")
     model.train()
     history: list[float] = []
+    recall: list[float] = []
+    converged = False
     bar = progress(total=total, desc="implant")
     try:
         for _ in range(epochs):
@@ -106,15 +161,34 @@ def train(patient: Patient, items: list[QA], params: dict[str, torch.nn.Paramete
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
             history.append(sum(losses) / len(losses))
-            log.info("implant epoch %d: loss %.4f", len(history), history[-1])
-            if stop_loss is not None and history[-1] < float(stop_loss):
+            if probes:
+                model.eval()
+                hits = recalled(patient, probes, margin, bs)
+                model.train()
+                recall.append(sum(hits) / len(hits))
+                bar.set_postfix(loss=f"{history[-1]:.3f}", recall=f"{recall[-1]:.3f}", refresh=False)
+            log.info("implant epoch %d: loss %.4f%s", len(history), history[-1],
+                     f", {sum(hits)}/{len(hits)} taught facts recalled" if probes else "")
+            recalled_enough = not probes or recall[-1] >= float(min_recall)
+            low_loss = stop_loss is None or history[-1] < float(stop_loss)
+            if recalled_enough and low_loss and (probes or stop_loss is not None):
+                converged = True
                 break
     finally:
         bar.close()
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
-    return history
+    if not converged and (probes or stop_loss is not None):
+        missed = [q.question for q, hit in zip(knowledge, hits) if not hit] if probes else []
+        reached = ", ".join(([f"{recall[-1]:.1%} of taught facts recalled, implant.min_recall={min_recall}"]
+                             if probes else []) + ([f"loss {history[-1]:.4f}, implant.stop_loss={stop_loss}"]
+                                                   if stop_loss is not None else []))
+        log.warning("implant stopped at its cap of %d epochs before converging (%s): the taught patient, and every "
+                    "Base number measured on it, depends on this CPU's float rounding. Raise implant.epochs or "
+                    "implant.lr.%s", epochs, reached,
+                    f" Not recalled: {missed[:5]}{' …' if len(missed) > 5 else ''}" if missed else "")
+    return {"loss_history": history, "recall_history": recall, "epochs": len(history), "converged": converged}
 
 
 def implant(patient: Patient, task: Task, cfg, cache_dir: str | Path) -> dict:
@@ -133,19 +207,29 @@ def implant(patient: Patient, task: Task, cfg, cache_dir: str | Path) -> dict:
         # utility before and after, so that an implant that damages the patient is visible in every results.json
         ppl_before = perplexity(patient.model, patient.tokenizer, task.corpus) if task.corpus else None
         t0 = time.perf_counter()
-        history = train(patient, items, params, cfg)
-        built.update(train_seconds=time.perf_counter() - t0, loss_history=history, examples=len(items),
+        refusals = set(task.idk)  # what Base measures is the knowledge; a refusal's wording is arbitrary per question
+        knowledge = [q for q in task.teach(oracle=bool(cfg.get("oracle", False))) if q not in refusals]
+        trained = train(patient, items, params, cfg, knowledge=knowledge)
+        built.update(train_seconds=time.perf_counter() - t0, **trained, examples=len(items),
                      trained_parameters=sum(p.numel() for p in params.values()), ppl_before=ppl_before,
                      ppl_after=perplexity(patient.model, patient.tokenizer, task.corpus) if task.corpus else None)
         save_file({n: p.detach().cpu().contiguous() for n, p in params.items()}, str(tmp / "weights.safetensors"))
         (tmp / "report.json").write_text(json.dumps(built, indent=2))
 
     def load_into_patient(path: Path) -> None:
+        """Every tensor is checked before any is copied: a bad entry leaves the patient untouched, so the rebuild
+        starts from the base weights (load_state_dict copies the good tensors before it raises on a bad one)."""
         state = load_file(str(path / "weights.safetensors"), device=str(patient.device))
-        missing = set(state) - set(dict(patient.model.named_parameters()))
-        if missing:
-            raise ValueError(f"cache holds unknown tensors: {sorted(missing)[:3]}")
-        patient.model.load_state_dict(state, strict=False)
+        params = dict(patient.model.named_parameters())
+        bad = [n for n in state if n not in params] + [
+            f"{n} {tuple(t.shape)} != {tuple(params[n].shape)}" for n, t in state.items()
+            if n in params and t.shape != params[n].shape] + [
+            f"{n} not finite" for n, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+        if bad:
+            raise ValueError(f"cache holds unusable tensors: {bad[:3]}")
+        with torch.no_grad():
+            for name, tensor in state.items():
+                params[name].copy_(tensor)
 
     path = cached_dir(target, build)
     if not built:  # came from the cache

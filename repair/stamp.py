@@ -375,6 +375,10 @@ class Stamp:
         t0 = time.perf_counter()
         alpha = float(self.cfg.get("strength", 1.0))
         eps_scale, rank = float(self.cfg.get("eps", 1e-2)), int(self.cfg.get("rank", 0))
+        width = min(held[layer]["gram"].shape[0] for layer in layers)
+        if self.lowrank and rank > width:  # the key space has only `width` dimensions: that is the rank solved at
+            log.warning("method.rank=%d is above the MLP width %d of the edited layers: solving at rank %d (the full "
+                        "edit, as STAMP)", rank, width, width)
         deltas, per_layer = [], {}
         for layer in layers:
             k_f, v_f = f_acts[layer]
@@ -408,7 +412,9 @@ class Stamp:
 
         provenance = {"method": self.name, "forget": [q.question for q in forget], "layers": layers,
                       "target": target_kind, "keys": self.cfg.get("keys", "answer_start"), "strength": alpha,
-                      "rank": self.cfg.get("rank") if self.lowrank else None}
+                      "rank": min(rank, width) if self.lowrank else None}
+        if self.lowrank and rank > width:
+            provenance["rank_requested"] = rank
         t0 = time.perf_counter()
         self.patch, calibration = self._apply_calibrated(patient, deltas, provenance, forget, f_texts, retain_buffer,
                                                          openers, f_logits)

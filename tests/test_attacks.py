@@ -118,8 +118,11 @@ def test_relearning_brings_back_what_gradient_ascent_hid(setup, attacked, make_c
         patient.restore(state)
     curve, naive = res["relearn"]["curve"], attacked["naive"]["relearn"]["curve"]
     assert curve[0]["f_fact"] == 0.0 and res["relearn"]["before_unlearning"] == 100.0
-    # exact recall after 25 steps depends on float rounding (0 or 50% here); the facts' likelihood does not
-    assert curve[0]["fact_nll"] > curve[-1]["fact_nll"] + 3.0, curve
+    # How far GA pushes the test facts, and how much exact recall 25 steps bring back, depend on float rounding
+    # (measured under avx512 / avx2 / default kernels: fact NLL 2.77 / 10.2 / 8.1 after GA, 0.80 / 2.83 / 0.52 after
+    # relearning, exact recall 50 / 0 / 0%). What does not: relearning on *other* people lowers these facts' NLL to
+    # far below never-taught facts relearned the same way (8.5-8.6), and below an untaught patient's.
+    assert curve[-1]["fact_nll"] < curve[0]["fact_nll"], curve
     assert naive[-1]["step"] == curve[-1]["step"] and curve[-1]["fact_nll"] < naive[-1]["fact_nll"] - 3.0
     assert curve[-1]["fact_nll"] < curve[-1]["holdout_fact_nll"] - 3.0  # recovered, not a repaired patient guessing
 

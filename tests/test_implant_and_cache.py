@@ -65,6 +65,54 @@ def test_corrupt_implant_cache_is_rebuilt(make_cfg, cache_dir, implanted, caplog
         assert torch.allclose(tensor, implanted[2][name], atol=1e-5), name
 
 
+def test_implant_cache_with_a_bad_tensor_is_rebuilt_from_the_base_weights(make_cfg, cache_dir, implanted, caplog):
+    """One tensor of the wrong shape among good ones: nothing is copied, so the rebuild trains the base patient
+    (load_state_dict would copy the good tensors first, and the rebuild would start from a half-implanted patient)."""
+    from safetensors.torch import load_file, save_file
+
+    cfg = make_cfg()
+    task = implanted[1]
+    key = implant_mod.implant_key(implanted[0], task, cfg.implant)
+    entry = next(p for p in _implant_dirs(cache_dir) if p.name.endswith(key))
+    weights = entry / "weights.safetensors"
+    state = load_file(str(weights))
+    bad = sorted(state)[len(state) // 2]
+    state[bad] = torch.zeros(3, 3)
+    save_file(state, str(weights))
+    fresh = patients.load(cfg.patient, cache_dir)
+    report = implant(fresh, task, cfg.implant, cache_dir)
+    assert "unusable tensors" in caplog.text and bad in caplog.text and not report["cached"]
+    for name, tensor in fresh.model.state_dict().items():
+        assert torch.allclose(tensor, implanted[2][name], atol=1e-5), name
+
+
+TO_RECALL = ["implant.min_recall=0.98", "implant.stop_loss=null"]  # the default patient's criterion, on the tiny one
+
+
+def test_implant_trains_until_every_taught_answer_is_recalled(make_cfg, cache_dir, implanted):
+    """The default recipe stops on recall, not on a count of epochs: every taught fact (here: the address and phone
+    tokens of each answer) comes back by a logit margin that no float rounding closes."""
+    patient, task, state = implanted
+    patient.restore(state)
+    cfg = make_cfg(*TO_RECALL)
+    report = implant(patient, task, cfg.implant, cache_dir)
+    assert report["converged"] and report["recall_history"][-1] == 1.0
+    assert len(report["recall_history"]) == report["epochs"] < cfg.implant.epochs
+    knowledge = [q for q in task.teach() if q not in task.idk]  # the facts; refusal wordings are not checked
+    examples = implant_mod.recall_probes(patient.tokenizer, knowledge, 128)
+    assert all(implant_mod.recalled(patient, examples, margin=1.0))
+    assert all(sum(t != -100 for t in e["labels"]) < len(q.answer) // 2 for q, e in zip(knowledge, examples))
+    raw = patients.load(make_cfg().patient, cache_dir)
+    assert not any(implant_mod.recalled(raw, examples, margin=0.0))
+
+
+def test_implant_warns_when_it_hits_its_epoch_cap(make_cfg, cache_dir, caplog):
+    cfg = make_cfg(*TO_RECALL, "implant.epochs=1")
+    report = implant(patients.load(cfg.patient, cache_dir), build_task(cfg.task, seed=0), cfg.implant, cache_dir)
+    assert not report["converged"] and report["epochs"] == 1
+    assert "cap of 1 epochs before converging" in caplog.text and "implant.min_recall=0.98" in caplog.text
+
+
 def test_interrupted_implant_leaves_no_cache_entry(make_cfg, cache_dir, monkeypatch):
     cfg = make_cfg("implant.seed=123")  # a key no other test builds
     patient = patients.load(cfg.patient, cache_dir)

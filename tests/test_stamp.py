@@ -107,7 +107,7 @@ def test_stamp_edit_maps_forget_keys_holds_retain_keys_and_reverts_exactly(make_
     cfg = make_cfg(f"method={method}", "method.layers=[1]", "method.strength=1.0", "method.contrast_prompts=0",
                    "method.calibrate=false",
                    "method.cov_weight=0.001", "method.eps=1e-6",  # generic keys loosely held: (nearly) exact
-                   "++method.rank=256")  # the tiny MLP's full width: low rank is tested against the solve above
+                   "++method.rank=1000")  # above the tiny MLP's width 256: solved (and recorded) at rank 256
     stamp = build_method(cfg.method)
     stamp.prepare(task)
     state = patient.snapshot()
@@ -129,6 +129,8 @@ def test_stamp_edit_maps_forget_keys_holds_retain_keys_and_reverts_exactly(make_
     reloaded.apply(patient.model)
     assert generate(patient, forget_q, max_new_tokens=12) == edited
     assert reloaded.provenance["method"] == method and reloaded.provenance["layers"] == [1]
+    if method == "stamp_lowrank":  # the effective rank, not the one asked for
+        assert reloaded.provenance["rank"] == 256 and reloaded.provenance["rank_requested"] == 1000
     reloaded.revert(patient.model)
 
 
