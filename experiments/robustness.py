@@ -239,8 +239,8 @@ def write_robustness(root: str | Path, out: str | Path | None = None, name: str 
     table = summarize(runs)
     md = out / f"{name}.md"
     with atomic_path(md) as tmp:
-        tmp.write_text(f"<!-- python -m experiments.robustness — {describe_sweep(root, runs['patient'], len(runs))} -->"
-                       "\n\n" + to_markdown(table))
+        header = describe_sweep(root, runs["patient"], len(runs))
+        tmp.write_text(f"<!-- python -m experiments.robustness — {header} -->\n\n" + to_markdown(table))
     csv = out / f"{name}.csv"
     with atomic_path(csv) as tmp:
         runs.to_csv(tmp, index=False)

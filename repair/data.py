@@ -62,8 +62,9 @@ def collate(examples: Iterable[dict[str, list[int]]], pad_id: int, device: torch
     return {"input_ids": ids.to(device), "labels": labels.to(device), "attention_mask": mask.to(device)}
 
 
-def answer_token_logprobs(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probabilities of the answer tokens, as a (num_answer_tokens,) vector plus the row each belongs to.
+def answer_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits at the positions that predict labelled tokens (num_answer_tokens × vocab, float32), those tokens, and
+    the row each belongs to.
 
     The vocabulary projection is applied only at answer positions: on a 49k-token vocabulary that is most of
     the cost of a small patient's step.
@@ -72,9 +73,13 @@ def answer_token_logprobs(model, batch: dict[str, torch.Tensor]) -> tuple[torch.
     targets = batch["labels"][:, 1:]
     keep = targets != -100
     rows = torch.nonzero(keep, as_tuple=True)[0]
-    logits = model.get_output_embeddings()(hidden[:, :-1][keep]).float()
-    logprobs = -F.cross_entropy(logits, targets[keep], reduction="none")
-    return logprobs, rows
+    return model.get_output_embeddings()(hidden[:, :-1][keep]).float(), targets[keep], rows
+
+
+def answer_token_logprobs(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probabilities of the answer tokens, as a (num_answer_tokens,) vector plus the row each belongs to."""
+    logits, targets, rows = answer_logits(model, batch)
+    return -F.cross_entropy(logits, targets, reduction="none"), rows
 
 
 def answer_nll(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:

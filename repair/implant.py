@@ -18,7 +18,7 @@ from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 
-from repair.data import answer_nll, collate, encode
+from repair.data import answer_logits, answer_nll, collate, encode
 from repair.evaluate import generate
 from repair.io import cached_dir
 from repair.metrics import perplexity
@@ -97,15 +97,11 @@ def recalled(patient: Patient, examples: list[dict[str, list[int]]], margin: flo
     model, out = patient.model, []
     for start in range(0, len(examples), batch_size):
         batch = collate(examples[start:start + batch_size], patient.tokenizer.pad_token_id, patient.device)
-        hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        targets = batch["labels"][:, 1:]
-        keep = targets != -100
-        rows = torch.nonzero(keep, as_tuple=True)[0]
-        logits = model.get_output_embeddings()(hidden.last_hidden_state[:, :-1][keep]).float()
-        wanted = targets[keep]
+        logits, wanted, rows = answer_logits(model, batch)
         own = logits.gather(1, wanted[:, None]).squeeze(1)
         best_other = logits.scatter(1, wanted[:, None], float("-inf")).max(1).values
-        missed = torch.zeros(len(targets), device=logits.device).index_add(0, rows, (own - best_other < margin).float())
+        missed = torch.zeros(len(batch["input_ids"]), device=logits.device).index_add(
+            0, rows, (own - best_other < margin).float())
         out += (missed == 0).tolist()
     return out
 
@@ -115,9 +111,9 @@ def train(patient: Patient, items: list[QA], params: dict[str, torch.nn.Paramete
     """Supervised fine-tuning on answer tokens until the taught facts are recalled.
 
     With `min_recall`, after each epoch the share of `knowledge` facts recalled (`recall_probes`, `recalled`) is
-    checked and training stops once it reaches `min_recall`; `epochs` is the cap. A fixed number of epochs on a handful of
-    questions gives a different patient on every CPU (float rounding changes which answers are learnt in time);
-    training to recall gives the same taught answers everywhere. With `stop_loss` too, the epoch's mean loss must
+    checked and training stops once it reaches `min_recall`; `epochs` is the cap. A fixed number of epochs on a
+    handful of questions gives a different patient on every CPU (float rounding changes which answers are learnt in
+    time); training to recall gives the same taught answers everywhere. With `stop_loss` too, the epoch's mean loss must
     also be below it (the refusals, which the recall check leaves out, are then learnt as well).
     Returns the loss (and recall) of each epoch and whether the stopping criterion was met."""
     model, tok = patient.model, patient.tokenizer

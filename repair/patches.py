@@ -152,7 +152,7 @@ class Patch:
         if set(tensors) != expected:
             pairs = len({k.split(".")[0] for k in tensors})
             raise ValueError(f"{path}: damaged patch: the metadata names {len(names)} parameters but the file holds "
-                             f"{len(tensors)} tensors ({pairs} left/right pairs); expected exactly one `i.left` and one "
-                             "`i.right` per name")
+                             f"{len(tensors)} tensors ({pairs} left/right pairs); expected exactly one `i.left` and "
+                             "one `i.right` per name")
         deltas = [Delta(n, tensors[f"{i}.left"], tensors[f"{i}.right"]) for i, n in enumerate(names)]
         return cls(deltas, provenance if isinstance(provenance, dict) else {})

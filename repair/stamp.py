@@ -197,8 +197,8 @@ class Stamp:
         subject is the whole question (`misinformation`) or is not named in it (WMDP, MMLU, TOFU, JSONL without
         subjects), the question stem is swapped for another question, options block and instruction kept. Made-up
         subjects come from the task's own generator (`Task.subject_pool`: fresh pathogens for `harmful`, not person
-        names). The first `contrast_neighbours` share of each template's contrasts takes the subjects whose tokens overlap
-        the forget subject's most ("Nalwexian blight" for "Nalzanian plague"): the answer-start key carries the
+        names). The first `contrast_neighbours` share of each template's contrasts takes the subjects whose tokens
+        overlap the forget subject's most ("Nalwexian blight" for "Nalzanian plague"): the answer-start key carries the
         subject through its subword tokens, and the retain questions an edit reached most were about such
         look-alikes (docs/stamp.md)."""
         n = int(self.cfg.get("contrast_prompts", 48))

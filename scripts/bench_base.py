@@ -44,7 +44,7 @@ def row(task: str, setting: str, res: dict) -> str:
     scores = ", ".join(f"{k} {base[k]:.3g}" for k in keys if k in base)
     epochs = f"{implant.get('epochs', len(implant['loss_history']))}"
     recall = implant.get("recall_history") or [float("nan")]
-    return (f"| {task} | `{setting}` ({capability(SETTINGS[setting])}) | {epochs} "
+    return (f"| {task} | `{setting}` ({capability(setting)}) | {epochs} "
             f"({'converged' if implant.get('converged') else 'cap hit'}, recall {recall[-1]:.3f}) | "
             f"{implant['train_seconds']:.0f} s | {scores} | {base['ppl']:.1f} |")
 

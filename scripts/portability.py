@@ -14,6 +14,7 @@ every test that is not the same under all settings, then per-setting totals and 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import subprocess
@@ -36,10 +37,12 @@ SETTINGS = {  # name: environment overrides
 }
 
 
-def capability(env: dict[str, str]) -> str:
-    """The kernel family and thread count torch reports under `env`."""
+@functools.lru_cache
+def capability(setting: str) -> str:
+    """The kernel family and thread count torch reports under a setting (asked once per setting: a subprocess)."""
     code = "import torch; print(torch.backends.cpu.get_cpu_capability(), torch.get_num_threads())"
-    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **SETTINGS[setting]}, capture_output=True,
+                         text=True)
     kernels, threads = out.stdout.split() if out.returncode == 0 else ("?", "?")
     return f"{kernels}, {threads} thread{'s' if threads != '1' else ''}"
 
@@ -61,7 +64,7 @@ def run_setting(name: str, pytest_args: list[str], folder: Path) -> tuple[dict[s
     xml = folder / f"{name}.xml"
     cmd = [sys.executable, "-m", "pytest", "tests", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}",
            *pytest_args]
-    log.info("%s (%s): %s", name, capability(SETTINGS[name]), " ".join(cmd[1:]))
+    log.info("%s (%s): %s", name, capability(name), " ".join(cmd[1:]))
     t0 = time.perf_counter()
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
@@ -77,7 +80,7 @@ def report(results: dict[str, tuple[dict[str, str], float, str]]) -> str:
     tests = sorted(set().union(*(r[0] for r in results.values())))
     differing = [t for t in tests if len({results[n][0].get(t, "absent") for n in names}) > 1]
     lines = ["| setting | torch kernels, threads | outcome | wall time |", "|---|---|---|---|"]
-    lines += [f"| `{n}` | {capability(SETTINGS[n])} | {results[n][2]} | {results[n][1] / 60:.1f} min |"
+    lines += [f"| `{n}` | {capability(n)} | {results[n][2]} | {results[n][1] / 60:.1f} min |"
               for n in names]
     lines += ["", f"Tests whose outcome differs between settings: **{len(differing)}** of {len(tests)}."]
     if differing:

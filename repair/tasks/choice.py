@@ -13,8 +13,7 @@ INSTRUCTION = "Answer with the letter of the correct option."
 
 
 def format_prompt(question: str, choices: Sequence[str]) -> str:
-    options = "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(choices))
-    return f"{question}\n{options}\n{INSTRUCTION}"
+    return f"{question}\n{_options_block(choices)}\n{INSTRUCTION}"
 
 
 def _options_block(choices: Sequence[str]) -> str:

@@ -109,7 +109,8 @@ def build_pii(cfg: dict, seed: int) -> Task:
     by_name = {p.name: p for p in profiles}
     taught, holdout, idk = profiles[:n], profiles[n:n + n_holdout], profiles[n + n_holdout:]
     forget, retain, buffer = (
-        [by_name[s] for s in names] for names in split_subjects([p.name for p in taught], cfg, "taught profiles", "raise task.num_profiles"))
+        [by_name[s] for s in names]
+        for names in split_subjects([p.name for p in taught], cfg, "taught profiles", "raise task.num_profiles"))
     refusals = refusal_references(seed=seed)
 
     def qa(ps: list[Profile]) -> list[QA]:
