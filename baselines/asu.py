@@ -12,14 +12,17 @@ stable range.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
 from baselines import losses
-from baselines.trainer import check_hparams, fixed_batches, run_unlearning
+from baselines.trainer import TrainingMethod, TrainingSettings, fixed_batches
 from repair.methods import register_method
+from repair.settings import require
 
 log = logging.getLogger(__name__)
 
@@ -49,24 +52,33 @@ def _answer_targets(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return targets[targets != -100]
 
 
-@register_method("asu")
-class AttentionSmoothing:
-    name = "asu"
+@dataclasses.dataclass
+class ASUSettings(TrainingSettings):
+    temperature: float
+    smooth_layers: Literal["all"] | list[int]
 
-    def __init__(self, cfg: dict):
-        check_hparams(cfg)
-        if not float(cfg["temperature"]) >= 1:
-            raise ValueError(f"method.temperature must be >= 1 (1 = no smoothing), got {cfg['temperature']}")
-        self.cfg = cfg
+    def check(self) -> None:
+        super().check()
+        require(self.temperature >= 1, "method.temperature", self.temperature, "a number >= 1 (1 = no smoothing)")
+
+
+@register_method("asu", label="ASU")
+class AttentionSmoothing(TrainingMethod):
+    name = "asu"
+    Settings = ASUSettings
+    settings: ASUSettings
+
+    def __init__(self, settings: ASUSettings):
+        super().__init__(settings)
         self.teacher: list[torch.Tensor] = []
 
-    def prepare_teacher(self, patient, forget_examples: list[dict]) -> dict:
+    def precompute(self, patient, forget, forget_examples, retain_examples) -> dict:
         """The forget-teacher's log-distributions at every forget answer position, from the untouched patient."""
-        layers = patient.layer_indices(self.cfg.get("smooth_layers", "all"), "method.smooth_layers")
+        layers = patient.layer_indices(self.settings.smooth_layers, "method.smooth_layers")
         self.teacher = [None] * len(forget_examples)
         teacher_nll = []
-        with attention_temperature(patient, layers, float(self.cfg["temperature"])):
-            for batch in fixed_batches(patient, forget_examples, int(self.cfg["batch_size"])):
+        with attention_temperature(patient, layers, self.settings.temperature):
+            for batch in fixed_batches(patient, forget_examples, self.settings.batch_size):
                 logits, rows = losses.answer_logits(patient.model, batch)
                 logprobs = F.log_softmax(logits, dim=-1)
                 teacher_nll.append(F.nll_loss(logprobs, _answer_targets(batch), reduction="none"))
@@ -75,10 +87,10 @@ class AttentionSmoothing:
         size_mb = sum(t.numel() * t.element_size() for t in self.teacher) / 2**20
         nll = float(torch.cat(teacher_nll).mean())
         log.info("asu: teacher (τ=%s) forget answer NLL %.2f; its distributions for %d forget examples take %.0f MB",
-                 self.cfg["temperature"], nll, len(self.teacher), size_mb)
+                 self.settings.temperature, nll, len(self.teacher), size_mb)
         return {"teacher_mb": round(size_mb, 1), "teacher_forget_nll": nll}
 
-    def loss(self, model, forget_batch):
+    def forget_loss(self, model, forget_batch):
         logits, rows = losses.answer_logits(model, forget_batch)
         teacher = torch.cat([self.teacher[i] for i in forget_batch["index"].tolist()]).to(logits.device)
         n = forget_batch["input_ids"].shape[0]
@@ -86,7 +98,3 @@ class AttentionSmoothing:
         token_nll = F.cross_entropy(logits.detach(), _answer_targets(forget_batch), reduction="none")
         logs = {"kl": total.item(), "forget_nll": float(losses.row_mean(token_nll, rows, n).mean())}
         return total, logs
-
-    def unlearn(self, patient, forget, retain_buffer):
-        return run_unlearning(patient, forget, retain_buffer, self.cfg, self.loss, desc="asu",
-                              prepare=lambda f, r: self.prepare_teacher(patient, f))

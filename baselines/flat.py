@@ -10,42 +10,46 @@ retain-buffer NLL anyway for comparison.
 """
 from __future__ import annotations
 
+import dataclasses
 import random
+from typing import Literal
 
 from baselines import losses
-from baselines.trainer import check_choice, check_hparams, encode_examples, make_batch, run_unlearning
+from baselines.trainer import TrainingMethod, TrainingSettings, encode_examples, make_batch
 from repair.methods import register_method
 from repair.tasks import QA
 from repair.tasks.refusals import refusal_references
 
 
-@register_method("flat")
-class FLAT:
-    name = "flat"
+@dataclasses.dataclass
+class FLATSettings(TrainingSettings):
+    divergence: Literal["kl", "js", "pearson", "tv"]  # the keys of losses.FLAT_DIVERGENCES
 
-    def __init__(self, cfg: dict):
-        check_hparams(cfg)
-        check_choice(cfg, "divergence", list(losses.FLAT_DIVERGENCES))
-        self.cfg = cfg
+
+@register_method("flat", label="FLAT")
+class FLAT(TrainingMethod):
+    name = "flat"
+    Settings = FLATSettings
+    settings: FLATSettings
+
+    def __init__(self, settings: FLATSettings):
+        super().__init__(settings)
+        self.patient = None  # the patient of the request, for the template batches
         self.templates: list[dict] = []
 
-    def prepare_templates(self, patient, forget: list[QA]) -> dict:
+    def precompute(self, patient, forget, forget_examples, retain_examples) -> dict:
         """One refusal per forget question, drawn (seeded) from the reference refusals."""
-        pool = refusal_references(seed=int(self.cfg.get("seed", 0)))
-        rng = random.Random(int(self.cfg.get("seed", 0)))
+        self.patient = patient
+        pool = refusal_references(seed=self.settings.seed)
+        rng = random.Random(self.settings.seed)
         pairs = [QA(item.question, rng.choice(pool)) for item in forget]
-        self.templates = encode_examples(patient, pairs, self.cfg)
+        self.templates = encode_examples(patient, pairs, self.settings.max_length)
         return {"templates": len(self.templates)}
 
-    def loss(self, model, forget_batch):
+    def forget_loss(self, model, forget_batch):
         template_batch = make_batch(self.patient, [self.templates[i] for i in forget_batch["index"].tolist()])
         p_forget, nll_forget = losses.mean_answer_prob(model, forget_batch)
         p_template, nll_template = losses.mean_answer_prob(model, template_batch)
-        total = losses.flat_loss(p_template, p_forget, self.cfg["divergence"])
+        total = losses.flat_loss(p_template, p_forget, self.settings.divergence)
         logs = {"forget_nll": float(nll_forget.detach().mean()), "template_nll": float(nll_template.detach().mean())}
         return total, logs
-
-    def unlearn(self, patient, forget, retain_buffer):
-        self.patient = patient
-        return run_unlearning(patient, forget, retain_buffer, self.cfg, self.loss, desc="flat",
-                              prepare=lambda f, r: self.prepare_templates(patient, forget))

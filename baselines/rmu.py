@@ -15,13 +15,16 @@ mean norm of the frozen forget activations when `steering_relative` is true, so 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+from typing import Literal
 
 import torch
 
 from baselines import losses
-from baselines.trainer import check_hparams, check_positive, fixed_batches, run_unlearning
+from baselines.trainer import TrainingMethod, TrainingSettings, fixed_batches
 from repair.data import answer_token_logprobs
 from repair.methods import register_method
+from repair.settings import require
 
 
 @contextlib.contextmanager
@@ -43,16 +46,28 @@ def capture_output(module: torch.nn.Module, store: list, detach_downstream: bool
         handle.remove()
 
 
-@register_method("rmu")
-class RMU:
-    name = "rmu"
+@dataclasses.dataclass
+class RMUSettings(TrainingSettings):
+    layer: int
+    steering_coef: float
+    steering_relative: bool
+    train_layers: Literal["all", "auto"] | list[int]  # auto: [layer-2, layer-1, layer], as in the paper
 
-    def __init__(self, cfg: dict):
-        check_hparams(cfg)
-        check_positive(cfg, "steering_coef")
-        if not isinstance(cfg.get("layer"), int):
-            raise ValueError(f"method.layer must be a layer index (int), got {cfg.get('layer')!r}")
-        self.cfg = dict(cfg)
+    def check(self) -> None:
+        super().check()
+        require(self.steering_coef > 0, "method.steering_coef", self.steering_coef, "a number > 0")
+
+
+@register_method("rmu", label="RMU")
+class RMU(TrainingMethod):
+    name = "rmu"
+    Settings = RMUSettings
+    settings: RMUSettings
+
+    def __init__(self, settings: RMUSettings):
+        super().__init__(settings)
+        self.layer: int | None = None  # the steered layer and its block, resolved on the patient
+        self.module: torch.nn.Module | None = None
         self.control: torch.Tensor | None = None
         self.frozen_retain: list[torch.Tensor] = []
 
@@ -62,27 +77,27 @@ class RMU:
             logprobs, rows = answer_token_logprobs(model, batch)
         return store[-1], logprobs, rows
 
-    def prepare_activations(self, patient, module, forget_examples: list[dict], retain_examples: list[dict]) -> dict:
+    def precompute(self, patient, forget, forget_examples, retain_examples) -> dict:
         """The control vector c·u and the frozen retain activations, from the untouched patient."""
-        bs = int(self.cfg["batch_size"])
+        bs = self.settings.batch_size
         norms = []
         for batch in fixed_batches(patient, forget_examples, bs):
-            hidden, _, _ = self._hidden(patient.model, batch, module)
+            hidden, _, _ = self._hidden(patient.model, batch, self.module)
             norms.append(hidden[losses.answer_positions(batch)].float().norm(dim=-1))
         mean_norm = float(torch.cat(norms).mean())
-        coef = float(self.cfg["steering_coef"]) * (mean_norm if self.cfg.get("steering_relative") else 1.0)
-        gen = torch.Generator().manual_seed(int(self.cfg.get("seed", 0)))
+        coef = self.settings.steering_coef * (mean_norm if self.settings.steering_relative else 1.0)
+        gen = torch.Generator().manual_seed(self.settings.seed)
         u = torch.rand(patient.model.config.hidden_size, generator=gen)
         self.control = (coef * u / u.norm()).to(patient.device)
         self.frozen_retain = [None] * len(retain_examples)
         for batch in fixed_batches(patient, retain_examples, bs):
-            hidden, _, _ = self._hidden(patient.model, batch, module)
+            hidden, _, _ = self._hidden(patient.model, batch, self.module)
             lengths = batch["attention_mask"].sum(-1).tolist()
             for row, idx in enumerate(batch["index"].tolist()):  # right padding: real tokens come first
                 self.frozen_retain[idx] = hidden[row, :lengths[row]].detach().clone()
         return {"forget_activation_norm": mean_norm, "control_norm": coef}
 
-    def loss(self, model, forget_batch):
+    def forget_loss(self, model, forget_batch):
         hidden, logprobs, rows = self._hidden(model, forget_batch, self.module)
         forget = losses.activation_mse(hidden, self.control, losses.answer_positions(forget_batch))
         n = forget_batch["input_ids"].shape[0]
@@ -99,12 +114,12 @@ class RMU:
         retain = losses.activation_mse(hidden, target, losses.answer_positions(retain_batch))
         return retain, {"retain_mse": retain.item()}
 
+    def train_layers(self, patient):
+        if self.settings.train_layers == "auto":  # the paper: the steered layer and the two below it
+            return [i for i in (self.layer - 2, self.layer - 1, self.layer) if i >= 0]
+        return self.settings.train_layers
+
     def unlearn(self, patient, forget, retain_buffer):
-        layer = patient.layer_indices([self.cfg["layer"]], "method.layer")[0]
-        cfg = dict(self.cfg)
-        if cfg.get("train_layers") in (None, "auto"):  # the paper: the steered layer and the two below it
-            cfg["train_layers"] = [i for i in (layer - 2, layer - 1, layer) if i >= 0]
-        self.module = patient.module("layers", layer)
-        return run_unlearning(patient, forget, retain_buffer, cfg, self.loss, desc="rmu",
-                              prepare=lambda f, r: self.prepare_activations(patient, self.module, f, r),
-                              retain_loss=self.retain_loss)
+        self.layer = patient.layer_indices([self.settings.layer], "method.layer")[0]
+        self.module = patient.module("layers", self.layer)
+        return super().unlearn(patient, forget, retain_buffer)

@@ -7,27 +7,33 @@ whose per-token pull fades as a token is forgotten, so the model is not driven o
 """
 from __future__ import annotations
 
+import dataclasses
+
 from baselines import losses
-from baselines.trainer import check_hparams, check_positive, run_unlearning
+from baselines.trainer import TrainingMethod, TrainingSettings
 from repair.data import answer_token_logprobs
 from repair.methods import register_method
+from repair.settings import require
 
 
-@register_method("wga")
-class WeightedGradientAscent:
+@dataclasses.dataclass
+class WGASettings(TrainingSettings):
+    beta: float
+
+    def check(self) -> None:
+        super().check()
+        require(self.beta > 0, "method.beta", self.beta, "a number > 0")
+
+
+@register_method("wga", label="WGA")
+class WeightedGradientAscent(TrainingMethod):
     name = "wga"
+    Settings = WGASettings
+    settings: WGASettings
 
-    def __init__(self, cfg: dict):
-        check_hparams(cfg)
-        check_positive(cfg, "beta")
-        self.cfg = cfg
-
-    def loss(self, model, forget_batch):
+    def forget_loss(self, model, forget_batch):
         logprobs, rows = answer_token_logprobs(model, forget_batch)
-        total = losses.wga_loss(logprobs, float(self.cfg["beta"]))
+        total = losses.wga_loss(logprobs, self.settings.beta)
         n = forget_batch["input_ids"].shape[0]
         logs = {"forget_nll": float(-losses.row_mean(logprobs.detach(), rows, n).mean())}
         return total, logs
-
-    def unlearn(self, patient, forget, retain_buffer):
-        return run_unlearning(patient, forget, retain_buffer, self.cfg, self.loss, desc="wga")

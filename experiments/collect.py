@@ -19,6 +19,7 @@ from repair.resume import problems
 
 log = logging.getLogger(__name__)
 
+CONF = Path(__file__).resolve().parents[1] / "conf"
 # keys that name a job inside a grid; every other swept key (method.rank, ...) is an ablation variable
 IDENTITY_KEYS = ("method", "task", "seed", "patient")
 GROUP_KEYS = ("patient", "method", "task", "eval", "logger", "implant")  # config groups: swept by option name
@@ -80,6 +81,25 @@ def _gap_row(config: dict[str, Any], status: str, path: str, reason: str) -> dic
     return row | {f"cfg/{k}": v for k, v in flatten(config).items()}
 
 
+class GroupOptions:
+    """What Hydra's sweeper asks its config loader to expand a `glob(...)` sweep of a config group (e.g.
+    `method: glob(*,exclude=none)`): the group's options, the YAML files in the config folder (not subfolders)."""
+
+    def __init__(self, conf_dir: Path):
+        self.conf_dir = conf_dir
+
+    def get_group_options(self, group_name: str, *args: Any, **kwargs: Any) -> list[str]:
+        return sorted(p.stem for p in (self.conf_dir / group_name).glob("*.yaml"))
+
+
+def sweep_conf_dir(hydra: Any) -> Path:
+    """The config folder a sweep was composed from (multirun.yaml's main config source), else this checkout's."""
+    for source in (hydra.get("runtime") or {}).get("config_sources") or []:
+        if source.get("provider") == "main" and source.get("schema") == "file" and Path(source["path"]).is_dir():
+            return Path(source["path"])
+    return CONF
+
+
 def sweep_grid(multirun_yaml: str | Path) -> tuple[dict[str, Any], list[dict[str, str]]]:
     """(the sweep's base config, one {swept key: value} per job) from a sweep folder's multirun.yaml."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -89,7 +109,8 @@ def sweep_grid(multirun_yaml: str | Path) -> tuple[dict[str, Any], list[dict[str
     params = (hydra.get("sweeper") or {}).get("params") or {}
     overrides = [f"{k}={v}" for k, v in params.items()] + list((hydra.get("overrides") or {}).get("task") or [])
     swept: dict[str, list[str]] = {}
-    for override in OverridesParser.create().parse_overrides(overrides):  # later ones win, as in Hydra's sweeper
+    parser = OverridesParser.create(config_loader=GroupOptions(sweep_conf_dir(hydra)))
+    for override in parser.parse_overrides(overrides):  # later ones win, as in Hydra's sweeper
         if override.is_sweep_override():
             swept[override.key_or_group] = [str(v) for v in override.sweep_string_iterator()]
         else:  # a single value on the command line replaces a recipe's list

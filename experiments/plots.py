@@ -20,14 +20,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from experiments.collect import load_results  # noqa: E402
-from experiments.tables import ROW_ORDER, TASK_ORDER, ordered, method_label  # noqa: E402
+from experiments.tables import method_label, ordered, references, row_order, task_order  # noqa: E402
 from repair.io import atomic_path  # noqa: E402
+from repair.metrics import METRICS, registered, scored_metric  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-# (forget, retain) metric columns and axis names per scoring
-SCORES = {"choice": ("after/acc_f", "after/acc_r", "Acc_f (%) ↓", "Acc_r (%) ↑"),
-          "rouge": ("after/f_rl", "after/r_rl", "F-RL ↓", "R-RL ↑")}
+TIME, PPL = METRICS.get("time").column, METRICS.get("ppl").column  # run time and utility columns of the runs frame
 # ablation variables: config column, axis name, whether to use a log2 axis
 ABLATIONS = {"rank": ("cfg/method.rank", "STAMP-LR rank r", True),
              "layers": ("unlearn/num_layers", "edited layers", True),
@@ -41,11 +40,19 @@ def _prepare(runs: pd.DataFrame) -> pd.DataFrame:
     return runs
 
 
+def scores(scoring: str) -> tuple[str, str, str, str]:
+    """(forget column, retain column, forget axis name, retain axis name) of a scoring's own metrics."""
+    forget, retain = scored_metric(scoring, "forget"), scored_metric(scoring, "retain")
+    return forget.column, retain.column, forget.axis, retain.axis
+
+
 def _scores(runs: pd.DataFrame, task: str) -> tuple[str, str, str, str] | None:
+    """The task's forget and retain columns: those of the first scoring (registration order) its runs measured."""
     sub = runs[runs["task"] == task]
-    for kind in ("choice", "rouge"):
-        if SCORES[kind][0] in sub and sub[SCORES[kind][0]].notna().any():
-            return SCORES[kind]
+    for metric in registered():
+        if metric.table and metric.scoring and metric.split == "forget" and metric.column in sub \
+                and sub[metric.column].notna().any():
+            return scores(metric.scoring)
     return None
 
 
@@ -62,7 +69,7 @@ def save_figure(fig, out: Path, name: str) -> list[Path]:
 
 
 def _tasks(runs: pd.DataFrame) -> list[str]:
-    return ordered(list(runs["task"].dropna().unique()), TASK_ORDER)
+    return ordered(list(runs["task"].dropna().unique()), task_order())
 
 
 def tradeoff(runs: pd.DataFrame, out: Path) -> list[Path]:
@@ -74,9 +81,9 @@ def tradeoff(runs: pd.DataFrame, out: Path) -> list[Path]:
     for ax, task in zip(axes[0], tasks):
         f_col, r_col, f_name, r_name = _scores(runs, task)
         stats = runs[runs["task"] == task].groupby("label")[[f_col, r_col]].agg(["mean", "std"])
-        for label in ordered(list(stats.index), ROW_ORDER):
+        for label in ordered(list(stats.index), row_order()):
             row = stats.loc[label]
-            ref = label in ("Base", "Oracle")
+            ref = label in references()
             ax.errorbar(row[(f_col, "mean")], row[(r_col, "mean")], xerr=row[(f_col, "std")],
                         yerr=row[(r_col, "std")], fmt="s" if ref else "o", color="grey" if ref else None,
                         capsize=2, label=label)
@@ -90,11 +97,11 @@ def tradeoff(runs: pd.DataFrame, out: Path) -> list[Path]:
 
 def runtime_bars(runs: pd.DataFrame, out: Path) -> list[Path]:
     """Unlearning wall clock per method, one bar per task."""
-    runs = runs[~runs["label"].isin(["Base", "Oracle"])]
-    if runs.empty or "runtime_s/unlearn" not in runs:
+    runs = runs[~runs["label"].isin(references())]
+    if runs.empty or TIME not in runs:
         return []
-    stats = runs.groupby(["label", "task"])["runtime_s/unlearn"].agg(["mean", "std"]).reset_index()
-    labels = ordered(list(stats["label"].unique()), ROW_ORDER)
+    stats = runs.groupby(["label", "task"])[TIME].agg(["mean", "std"]).reset_index()
+    labels = ordered(list(stats["label"].unique()), row_order())
     tasks = _tasks(runs)
     width = 0.8 / len(tasks)
     fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(labels) + 2), 3.6))
@@ -124,12 +131,12 @@ def ablation_curve(runs: pd.DataFrame, out: Path, name: str) -> list[Path]:
     for j, task in enumerate(tasks):
         f_col, r_col, f_name, r_name = _scores(runs, task)
         sub = runs[runs["task"] == task]
-        for k, label in enumerate(ordered(list(sub["label"].unique()), ROW_ORDER)):
-            stats = sub[sub["label"] == label].groupby(column)[[f_col, r_col, "runtime_s/unlearn"]].mean().sort_index()
+        for k, label in enumerate(ordered(list(sub["label"].unique()), row_order())):
+            stats = sub[sub["label"] == label].groupby(column)[[f_col, r_col, TIME]].mean().sort_index()
             color = f"C{k}"
             axes[0][j].plot(stats.index, stats[f_col], "o--", color=color, label=f"{label} forget")
             axes[0][j].plot(stats.index, stats[r_col], "o-", color=color, label=f"{label} retain")
-            axes[1][j].plot(stats.index, stats["runtime_s/unlearn"], "o-", color=color, label=label)
+            axes[1][j].plot(stats.index, stats[TIME], "o-", color=color, label=label)
         axes[0][j].set(title=task, ylabel=f"{f_name} (dashed) / {r_name} (solid)")
         axes[1][j].set(xlabel=xlabel, ylabel="unlearning time (s)")
         for ax in (axes[0][j], axes[1][j]):
@@ -159,13 +166,13 @@ def sequential_drift(runs: pd.DataFrame, out: Path) -> list[Path]:
     for j, task in enumerate(tasks):
         f_col, r_col, f_name, r_name = _scores(steps, task)
         sub = steps[steps["task"] == task]
-        for k, label in enumerate(ordered(list(sub["label"].unique()), ROW_ORDER)):
+        for k, label in enumerate(ordered(list(sub["label"].unique()), row_order())):
             stats = sub[sub["label"] == label].groupby("request").mean(numeric_only=True)
             color = f"C{k}"
             axes[0][j].plot(stats.index, stats[f_col], "o--", color=color, label=f"{label} forget (requested so far)")
             axes[0][j].plot(stats.index, stats[r_col], "o-", color=color, label=f"{label} retain")
-            if "after/ppl" in stats:
-                axes[1][j].plot(stats.index, stats["after/ppl"], "o-", color=color, label=label)
+            if PPL in stats:
+                axes[1][j].plot(stats.index, stats[PPL], "o-", color=color, label=label)
         axes[0][j].set(title=task, ylabel=f"{f_name} (dashed) / {r_name} (solid)")
         axes[1][j].set(xlabel="unlearning requests so far (0: before)", ylabel="utility perplexity ↓")
         for ax in (axes[0][j], axes[1][j]):

@@ -26,14 +26,24 @@ import pandas as pd  # noqa: E402
 
 from experiments.collect import describe_sweep, shown_path  # noqa: E402
 from experiments.plots import save_figure  # noqa: E402
-from experiments.tables import ROW_ORDER, TASK_ORDER, method_label  # noqa: E402
+from experiments.tables import method_label, row_order, task_order  # noqa: E402
+from repair.attacks.prompting import VARIANTS  # noqa: E402
 from repair.io import atomic_path  # noqa: E402
+from repair.metrics import METRICS, scored_metric  # noqa: E402
 from repair.resume import invalid_fields  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-PERCENT = {"acc_f", "f_fact"}  # metrics in percent; f_rl is in [0, 1]
-VARIANTS = ("plain", "paraphrase", "multi_turn", "prefix", "few_shot", "multilingual")
+
+def _unit(metric: str) -> str:
+    """' (%)' after a metric in percent (Acc_f, exact-fact recall), nothing after one in [0, 1] (F-RL)."""
+    return " (%)" if metric in METRICS and METRICS.get(metric).unit == "%" else ""
+
+
+def _forget_metric(after: dict[str, Any]) -> str:
+    """The forget score of a run whose attacks name none: its scoring's own (Acc_f where measured, else F-RL)."""
+    choice = scored_metric("choice")
+    return choice.name if choice.name in after else scored_metric("rouge").name
 
 
 def _row(res: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -41,8 +51,7 @@ def _row(res: dict[str, Any], path: Path) -> dict[str, Any]:
     oracle = bool(res.get("config", {}).get("implant", {}).get("oracle", False))
     prompting, relearn = rob.get("prompting") or {}, rob.get("relearn") or {}
     mia, probe, reversion = rob.get("mia") or {}, rob.get("probe") or {}, rob.get("reversion") or {}
-    metric = prompting.get("metric") or relearn.get("metric") or (
-        "acc_f" if "acc_f" in res.get("metrics", {}).get("after", {}) else "f_rl")
+    metric = prompting.get("metric") or relearn.get("metric") or _forget_metric(res.get("metrics", {}).get("after", {}))
     row: dict[str, Any] = {"method": res.get("method"), "task": res.get("task"), "patient": res.get("patient"),
                            "seed": res.get("seed"), "oracle": oracle, "label": method_label(res.get("method"), oracle),
                            "metric": metric, "path": str(path.parent)}
@@ -115,10 +124,11 @@ def _order(runs: pd.DataFrame, column: str, order: Sequence[str]) -> list[str]:
 
 
 def _fmt(value: Any, metric: str | None = None, digits: int = 3) -> str:
+    """`value` with the metric's compact digits (repair.metrics), else `digits`; '–' where there is none."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
-    if metric in PERCENT:
-        return f"{value:.1f}"
+    if metric in METRICS:
+        return METRICS.get(metric).brief(value)
     return f"{value:.{digits}f}"
 
 
@@ -140,18 +150,19 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
 
 def to_markdown(table: pd.DataFrame) -> str:
     lines = []
-    for task in _order(table, "task", TASK_ORDER):
+    rows = row_order()
+    for task in _order(table, "task", task_order()):
         part = table[table["task"] == task].set_index("label")
         metric = part["metric"].iloc[0]
         steps = part["relearn/steps"].dropna()
         k = int(steps.max()) if len(steps) else None
-        unit = " (%)" if metric in PERCENT else ""
+        better = "higher" if metric in METRICS and not METRICS.get(metric).lower_is_better else "lower"
         header = (["method", "runs", "before", "after", "worst prompt (variant)", *VARIANTS[1:], f"relearn k={k}",
                    f"fact NLL k=0 → {k} (holdout)", "MIA AUC (retain)", "PrivLeak", "probe acc (chance; holdout)",
                    "logit lens forget (holdout)", "reversion exact"])
-        lines += [f"### {task} — forget score `{metric}`{unit}, lower is better for an unlearned patient", "",
-                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for label in [l for l in ROW_ORDER if l in part.index] + sorted(l for l in part.index if l not in ROW_ORDER):
+        title = f"### {task} — forget score `{metric}`{_unit(metric)}, {better} is better for an unlearned patient"
+        lines += [title, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for label in [l for l in rows if l in part.index] + sorted(l for l in part.index if l not in rows):
             r = part.loc[label]
             cells = [label, str(int(r["n"])), _fmt(r["before"], metric), _fmt(r["after"], metric),
                      f"{_fmt(r.get('prompt/worst'), metric)} ({r['worst_variant'] or '–'})"]
@@ -172,12 +183,12 @@ def to_markdown(table: pd.DataFrame) -> str:
 
 def plot_scores(table: pd.DataFrame, out: Path, name: str = "robustness") -> list[Path]:
     """Per task: each method's forget score after unlearning, under the worst prompt, and after relearning."""
-    tasks = _order(table, "task", TASK_ORDER)
+    tasks, rows = _order(table, "task", task_order()), row_order()
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 3.8), squeeze=False)
     bars = (("after", "plain question"), ("prompt/worst", "worst prompt"), ("relearn/final", "after relearning"))
     for ax, task in zip(axes[0], tasks):
         part = table[table["task"] == task].set_index("label")
-        labels = [l for l in ROW_ORDER if l in part.index] + sorted(l for l in part.index if l not in ROW_ORDER)
+        labels = [l for l in rows if l in part.index] + sorted(l for l in part.index if l not in rows)
         width = 0.8 / len(bars)
         for j, (column, legend) in enumerate(bars):
             values = [part.loc[l].get(column, math.nan) for l in labels]
@@ -187,7 +198,7 @@ def plot_scores(table: pd.DataFrame, out: Path, name: str = "robustness") -> lis
         metric = part["metric"].iloc[0]
         ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
         ax.set_title(task)
-        ax.set_ylabel(f"forget {metric}" + (" (%)" if metric in PERCENT else ""))
+        ax.set_ylabel(f"forget {metric}{_unit(metric)}")
     handles, names = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, names, loc="lower center", ncol=len(names), fontsize=8, bbox_to_anchor=(0.5, -0.12))
     fig.suptitle("Forget score under attack (lower = forgotten)")
@@ -205,14 +216,14 @@ def plot_relearn(runs: pd.DataFrame, out: Path, name: str = "robustness_relearn"
     if not _step_columns(runs, "relearn/"):
         log.info("no relearning curves: %s.png skipped", name)
         return []
-    tasks = _order(runs, "task", TASK_ORDER)
+    tasks, rows_order = _order(runs, "task", task_order()), row_order()
     fig, axes = plt.subplots(2, len(tasks), figsize=(5 * len(tasks), 6), squeeze=False, sharex=True)
     for j, task in enumerate(tasks):
         part = runs[runs["task"] == task]
         metric = part["metric"].iloc[0]
         for i, (prefix, ylabel) in enumerate(rows):
             columns, ax = _step_columns(part, prefix), axes[i][j]
-            for n, label in enumerate(_order(part, "label", ROW_ORDER)):
+            for n, label in enumerate(_order(part, "label", rows_order)):
                 runs_of = part[part["label"] == label]
                 mean = runs_of[columns].apply(pd.to_numeric, errors="coerce").mean()
                 ax.plot([int(c[len(prefix):]) for c in columns], mean.values, marker="o", label=label, color=f"C{n}")
@@ -223,7 +234,7 @@ def plot_relearn(runs: pd.DataFrame, out: Path, name: str = "robustness_relearn"
                             label=f"{label}, never-taught facts")
             if prefix == "relearn_nll/":
                 ax.legend(fontsize=7)
-            ax.set_ylabel(ylabel or f"held-out forget {metric}" + (" (%)" if metric in PERCENT else ""))
+            ax.set_ylabel(ylabel or f"held-out forget {metric}{_unit(metric)}")
         axes[0][j].set_title(task)
         axes[1][j].set_xlabel("relearning steps")
     axes[0][0].legend(fontsize=8)

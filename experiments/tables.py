@@ -11,11 +11,12 @@ cells say so and a warning names each one.
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib
 import logging
 import math
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,53 +24,96 @@ import pandas as pd
 
 from experiments.collect import IDENTITY_KEYS, describe_sweep, load_runs, shown_path, sweep_grid
 from repair.io import atomic_path
+from repair.metrics import METRICS, Metric, registered
+from repair.registry import Registry
 
 log = logging.getLogger(__name__)
 
-DISPLAY = {"none": "Base", "ga": "GA", "npo": "NPO", "rmu": "RMU", "flat": "FLAT", "wga": "WGA", "asu": "ASU",
-           "stamp": "STAMP", "stamp_lowrank": "STAMP-LR"}
-ROW_ORDER = ["Base", "Oracle", "GA", "NPO", "RMU", "FLAT", "WGA", "ASU", "STAMP", "STAMP-LR"]  # the paper's order
-REFERENCES = {"Base", "Oracle"}  # not unlearning methods: shown, never ranked
-TASK_ORDER = ["harmful", "misinformation", "pii"]
-CHOICE_TASKS = {"harmful", "misinformation", "wmdp", "mmlu_misinformation"}  # scored by accuracy
+ORACLE = "Oracle"  # the reference row of a patient never taught the forget set (implant.oracle=true, method none)
+# modules whose import registers the built-in tasks, in the order the tables show them (as repair.tasks.build_task)
+TASK_MODULES = ("repair.tasks.harmful", "repair.tasks.misinformation", "repair.tasks.pii", "repair.tasks.real")
 
 
-@dataclass(frozen=True)
-class Metric:
-    column: str  # column of the runs frame
-    markdown: str
-    latex: str
-    lower_is_better: bool
-    digits: int
+def in_module_order(registry: Registry, modules: Sequence[str]) -> list[str]:
+    """A registry's names ordered by the module that registered each (its place in `modules`), then by
+    registration: the order `modules` are listed in, whichever of them another import loaded first."""
+    names = registry.in_order()
+
+    def place(name: str) -> int:
+        module = getattr(registry.get(name), "__module__", "")
+        return next((i for i, m in enumerate(modules) if module == m or module.startswith(m + ".")), len(modules))
+
+    return sorted(names, key=lambda name: (place(name), names.index(name)))
 
 
-METRICS = {
-    "acc_f": Metric("after/acc_f", "Acc_f ↓", r"Acc$_f$ $\downarrow$", True, 2),
-    "acc_r": Metric("after/acc_r", "Acc_r ↑", r"Acc$_r$ $\uparrow$", False, 2),
-    "f_rl": Metric("after/f_rl", "F-RL ↓", r"F-RL $\downarrow$", True, 3),
-    "r_rl": Metric("after/r_rl", "R-RL ↑", r"R-RL $\uparrow$", False, 3),
-    "ppl": Metric("after/ppl", "PPL ↓", r"PPL $\downarrow$", True, 2),
-    "time": Metric("runtime_s/unlearn", "Time (s) ↓", r"Time (s) $\downarrow$", True, 2),
-}
+def row_order() -> list[str]:
+    """Row labels in the paper's order: the methods as registered (repair.methods), the Oracle right after Base."""
+    from repair.methods import BUILTIN_MODULES, load_builtin
+
+    methods = load_builtin()
+    base = methods.label("none")
+    labels = [methods.label(name) for name in in_module_order(methods, BUILTIN_MODULES)]
+    return [label for row in labels for label in ((row, ORACLE) if row == base else (row,))]
+
+
+def references() -> set[str]:
+    """Rows that are references, not unlearning methods: shown, never ranked."""
+    from repair.methods import load_builtin
+
+    return {load_builtin().label("none"), ORACLE}
+
+
+def task_order() -> list[str]:
+    """Tasks in registration order (repair.tasks): harmful, misinformation, pii, then the real-data tasks."""
+    from repair.tasks import TASKS
+
+    for module in TASK_MODULES:
+        importlib.import_module(module)
+    return in_module_order(TASKS, TASK_MODULES)
+
+
+def table_metrics() -> list[Metric]:
+    """The registered metrics that are table columns (repair.metrics), in registration order."""
+    return [m for m in registered() if m.table]
 
 
 def method_label(method: Any, oracle: bool) -> str:
-    name = DISPLAY.get(str(method), str(method))
+    from repair.methods import load_builtin
+
+    name = load_builtin().label(str(method))
     if oracle:
-        return "Oracle" if method == "none" else f"{name} (oracle)"
+        return ORACLE if method == "none" else f"{name} (oracle)"
     return name
 
 
-def task_metrics(runs: pd.DataFrame, task: str) -> list[str]:
-    """Acc_f / Acc_r for multiple-choice tasks, F-RL / R-RL for free text; then utility and run time."""
+def task_scoring(runs: pd.DataFrame, task: str) -> str:
+    """How `task` is scored, read from its completed runs (which scoring's own metrics they hold); with none
+    completed, from the task built from its own config (conf/task/<task>.yaml); free text if that fails too."""
     done = runs[(runs["task"] == task) & (runs["status"] == "ok")]
-    if "after/acc_f" in done and done["after/acc_f"].notna().any():
-        scores = ["acc_f", "acc_r"]
-    elif "after/f_rl" in done and done["after/f_rl"].notna().any():
-        scores = ["f_rl", "r_rl"]
-    else:  # nothing completed: go by what the task is known to be
-        scores = ["acc_f", "acc_r"] if task in CHOICE_TASKS else ["f_rl", "r_rl"]
-    return scores + ["ppl", "time"]
+    for metric in table_metrics():
+        if metric.scoring and metric.split == "forget" and metric.column in done and done[metric.column].notna().any():
+            return metric.scoring
+    return _configured_scoring(task) or "rouge"
+
+
+@functools.lru_cache(maxsize=None)
+def _configured_scoring(task: str) -> str | None:
+    try:
+        from repair.setup import compose
+        from repair.tasks import build_task
+
+        return build_task(compose("config", [f"task={task}"]).task, seed=0).scoring
+    except Exception as err:  # a real-data task without its data here, or a task this checkout does not know
+        log.warning("no completed run of task %r and its config does not build here (%s): showing free-text "
+                    "metrics", task, str(err).splitlines()[0])
+        return None
+
+
+def task_metrics(runs: pd.DataFrame, task: str) -> list[str]:
+    """The table metrics of the task's scoring (Acc_f / Acc_r for multiple choice, F-RL / R-RL for free text),
+    then those of every task (utility, run time), in registration order."""
+    scoring = task_scoring(runs, task)
+    return [m.name for m in table_metrics() if m.scoring in (None, scoring)]
 
 
 def ordered(values: Sequence[Any], order: Sequence[Any]) -> list[Any]:
@@ -101,14 +145,15 @@ def summarize(runs: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
         raise ValueError("no runs to tabulate: the folder holds no results.json, job folder or multirun.yaml")
     runs = runs.copy()
     runs["label"] = [method_label(m, bool(o)) for m, o in zip(runs["method"], runs["oracle"])]
+    rows_order = row_order()
     by_cols = [f"cfg/{k}" for k in by]
     for key, col in zip(by, by_cols):
         if col not in runs:
             raise ValueError(f"--by {key!r} is not a config key of these runs; e.g. method.rank, method.num_layers, "
                              "task.retain_buffer_ratio, task.forget_limit")
-    tasks = ordered(list(runs["task"].dropna().unique()), TASK_ORDER)
+    tasks = ordered(list(runs["task"].dropna().unique()), task_order())
     rows_keys = runs[["label", *by_cols]].drop_duplicates().itertuples(index=False, name=None)
-    rows_keys = sorted(rows_keys, key=lambda r: (ROW_ORDER.index(r[0]) if r[0] in ROW_ORDER else len(ROW_ORDER),
+    rows_keys = sorted(rows_keys, key=lambda r: (rows_order.index(r[0]) if r[0] in rows_order else len(rows_order),
                                                 str(r[0]), *(_sort_key(v) for v in r[1:])))
     out = []
     for key in rows_keys:
@@ -120,7 +165,7 @@ def summarize(runs: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
             ok = cell[cell["status"] == "ok"]
             counts = {s: int((cell["status"] == s).sum()) for s in ("ok", "failed", "missing")}
             for name in task_metrics(runs, task):
-                metric = METRICS[name]
+                metric = METRICS.get(name)
                 column = ok[metric.column] if metric.column in ok else pd.Series(dtype=float)
                 values = pd.to_numeric(column, errors="coerce").dropna()
                 out.append({"method": key[0], **dict(zip(by, key[1:])), "task": task, "metric": name,
@@ -130,8 +175,8 @@ def summarize(runs: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
                             "n_runs": len(cell)})
     table = pd.DataFrame(out)
     table["best"] = False
-    for (task, name), group in table[~table["method"].isin(REFERENCES)].groupby(["task", "metric"], sort=False):
-        metric = METRICS[name]
+    for (task, name), group in table[~table["method"].isin(references())].groupby(["task", "metric"], sort=False):
+        metric = METRICS.get(name)
         means = group["mean"].round(metric.digits).dropna()
         if len(means):
             target = means.min() if metric.lower_is_better else means.max()
@@ -143,7 +188,7 @@ def _cell(row: pd.Series, latex: bool) -> str:
     if row["n_ok"] == 0 or math.isnan(row["mean"]):
         gap = "failed" if row["n_failed"] else "missing"
         return f"-- ({gap})" if latex else f"— ({gap})"
-    digits = METRICS[row["metric"]].digits
+    digits = METRICS.get(row["metric"]).digits
     text = f"{row['mean']:.{digits}f}"
     if not math.isnan(row["std"]):
         text += (r" $\pm$ " if latex else " ± ") + f"{row['std']:.{digits}f}"
@@ -165,7 +210,7 @@ def _wide(table: pd.DataFrame, by: Sequence[str], latex: bool) -> pd.DataFrame:
     cells = {(tuple(r[c] for c in index_cols), r["task"], r["metric"]): _cell(r, latex) for _, r in table.iterrows()}
     data = [[*key, *(cells.get((key, t, m), "-- (missing)" if latex else "— (missing)") for t, m in columns)]
             for key in keys]
-    header = [("", c) for c in index_cols] + [(t, METRICS[m].latex if latex else METRICS[m].markdown)
+    header = [("", c) for c in index_cols] + [(t, METRICS.get(m).latex_header if latex else METRICS.get(m).markdown)
                                               for t, m in columns]
     return pd.DataFrame(data, columns=pd.MultiIndex.from_tuples(header))
 

@@ -14,18 +14,17 @@ import sys
 from pathlib import Path
 from typing import Iterable, TextIO
 
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from repair.interactive.session import RepairSession, open_session
+from repair.setup import CONF, compose
 
 log = logging.getLogger(__name__)
-CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def compose_chat(overrides: list[str], config_dir: Path = CONF) -> DictConfig:
-    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-        return compose("chat", overrides=overrides)
+    """conf/chat.yaml (run.py's base config plus the chat's groups) with `overrides`."""
+    return compose("chat", overrides, config_dir)
 
 
 def read_script(path: str | Path) -> list[str]:

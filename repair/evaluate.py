@@ -1,99 +1,86 @@
 """Batched greedy generation and scoring → a metrics dict plus per-sample records. The evaluator never edits."""
 from __future__ import annotations
 
+import dataclasses
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
-import torch
-from omegaconf import DictConfig, OmegaConf
-
-from repair.data import chat_prompt, padding_side
+from repair.generation import generate
 from repair.loglik import choice_loglik_accuracy, run_lm_eval
-from repair.metrics import perplexity, rouge_l_recall
+from repair.metrics import SCORINGS, aggregate_rows, perplexity, rouge_l_recall
 from repair.patient import Patient
-from repair.progress import progress
+from repair.settings import build, invalid, require
 from repair.tasks import QA, Task
 from repair.tasks.choice import parse_choice
 
 log = logging.getLogger(__name__)
 
 
-@torch.no_grad()
-def generate(patient: Patient, questions: Sequence[str], max_new_tokens: int = 48, batch_size: int = 16,
-             desc: str = "generate") -> list[str]:
-    """Greedy answers to chat questions, batched with left padding."""
-    return generate_prompts(patient, [chat_prompt(patient.tokenizer, q) for q in questions], max_new_tokens,
-                            batch_size, desc)
+@dataclasses.dataclass
+class LmEvalSettings:
+    """`eval.lm_eval`: optional lm-eval utility tasks run after unlearning."""
+
+    tasks: list[str]
+    include_path: str | None
+    limit: int | float | None
+
+    def check(self) -> None:
+        require(all(self.tasks), "eval.lm_eval.tasks", self.tasks,
+                "a list of lm-eval task names, e.g. [mmlu] (empty: none)")
+        include = self.include_path
+        require(include is None or Path(include).expanduser().is_dir(), "eval.lm_eval.include_path", include,
+                "null or an existing folder of lm-eval task YAMLs")
+        limit = self.limit
+        whole = isinstance(limit, int) and limit >= 1
+        require(limit is None or whole or (isinstance(limit, float) and 0 < limit < 1), "eval.lm_eval.limit", limit,
+                "null (every example), an integer >= 1 (examples per task) or a fraction in (0, 1)")
 
 
-@torch.no_grad()
-def generate_prompts(patient: Patient, prompts: Sequence[str], max_new_tokens: int = 48, batch_size: int = 16,
-                     desc: str = "generate") -> list[str]:
-    """Greedy continuations of fully formatted prompts (multi-turn chats, prefilled answers), left-padded."""
-    tok, model = patient.tokenizer, patient.model
-    answers: list[str] = []
-    with padding_side(tok, "left"):
-        for start in progress(range(0, len(prompts), batch_size), desc=desc, disable=len(prompts) <= batch_size):
-            enc = tok(prompts[start:start + batch_size], return_tensors="pt", padding=True,
-                      add_special_tokens=False).to(patient.device)
-            out = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
-                                 pad_token_id=tok.pad_token_id, temperature=None, top_p=None, top_k=None)
-            answers += tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-    return [a.strip() for a in answers]
+@dataclasses.dataclass
+class EvalSettings:
+    """The `eval` section (conf/eval/default.yaml, where the defaults and their meaning are)."""
+
+    max_new_tokens: int
+    batch_size: int
+    max_samples: int | None
+    paraphrases: bool
+    ppl: bool
+    loglik: bool
+    lm_eval: LmEvalSettings
+    attacks: dict  # eval.attacks: checked by repair.attacks.build_attacks
+
+    def __post_init__(self):
+        if not isinstance(self.lm_eval, LmEvalSettings):  # a config section: built (and checked) here
+            if not isinstance(self.lm_eval, Mapping):
+                raise invalid("eval.lm_eval", self.lm_eval, "a mapping with tasks, include_path, limit")
+            self.lm_eval = build(LmEvalSettings, self.lm_eval, "eval.lm_eval")
+
+    def check(self) -> None:
+        for key in ("max_new_tokens", "batch_size"):
+            require(getattr(self, key) >= 1, f"eval.{key}", getattr(self, key), "an integer >= 1")
+        require(self.max_samples is None or self.max_samples >= 1, "eval.max_samples", self.max_samples,
+                "null (every item) or an integer >= 1")
 
 
-SCORINGS = ("rouge", "choice")
+def eval_settings(cfg: Any) -> EvalSettings:
+    """The `eval` config section as checked settings (EvalSettings pass through): an unknown, missing or ill-typed
+    key fails naming the valid ones."""
+    return cfg if isinstance(cfg, EvalSettings) else build(EvalSettings, cfg, "eval")
 
 
-def _plain(cfg) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg or {})
-
-
-def _bad(key: str, value, valid: str) -> ValueError:
-    return ValueError(f"eval.{key} = {value!r} is invalid; valid: {valid}")
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def validate_eval(cfg) -> None:
-    """Check the `eval` config (conf/eval/default.yaml) before any slow step, naming the bad value and the valid
-    ones. `eval.attacks` is checked by `repair.attacks.build_attacks`."""
-    cfg = _plain(cfg)
-    for key in ("max_new_tokens", "batch_size"):
-        if key not in cfg:
-            raise ValueError(f"eval.{key} is missing; valid: an integer >= 1")
-        if not _is_int(cfg[key]) or cfg[key] < 1:
-            raise _bad(key, cfg[key], "an integer >= 1")
-    limit = cfg.get("max_samples")
-    if limit is not None and (not _is_int(limit) or limit < 1):
-        raise _bad("max_samples", limit, "null (every item) or an integer >= 1")
-    for key in ("paraphrases", "ppl", "loglik"):
-        if key in cfg and not isinstance(cfg[key], bool):
-            raise _bad(key, cfg[key], "true or false")
-    spec = cfg.get("lm_eval")
-    if spec is None:
-        return
-    if not isinstance(spec, dict):
-        raise _bad("lm_eval", spec, "a mapping with tasks, include_path, limit")
-    tasks = spec.get("tasks") or []
-    if not isinstance(tasks, list) or not all(isinstance(t, str) and t for t in tasks):
-        raise _bad("lm_eval.tasks", tasks, "a list of lm-eval task names, e.g. [mmlu] (empty: none)")
-    include = spec.get("include_path")
-    if include is not None and not Path(str(include)).expanduser().is_dir():
-        raise _bad("lm_eval.include_path", include, "null or an existing folder of lm-eval task YAMLs")
-    limit = spec.get("limit")
-    if limit is not None and not ((_is_int(limit) and limit >= 1) or (isinstance(limit, float) and 0 < limit < 1)):
-        raise _bad("lm_eval.limit", limit, "null (every example), an integer >= 1 (examples per task) or a "
-                                           "fraction in (0, 1)")
+def validate_eval(cfg: Any) -> EvalSettings:
+    """Check the `eval` config before any slow step (the runner's entry point); `eval.attacks` is checked by
+    `repair.attacks.build_attacks`."""
+    return eval_settings(cfg)
 
 
 def paraphrased(cfg, forget: Sequence[QA]) -> tuple[list[QA], str]:
     """The forget items scored in paraphrased form (those with a paraphrase, among the first `eval.max_samples`),
     and the protocol's note on it. Without any, there is no `*_paraphrase` metric: it would be F-RL / Acc_f again."""
-    if not cfg.get("paraphrases", True):
+    cfg = eval_settings(cfg)
+    if not cfg.paraphrases:
         return [], "off: eval.paraphrases=false"
     items = _limited(forget, cfg)
     with_para = [q for q in items if q.paraphrases]
@@ -105,19 +92,19 @@ def paraphrased(cfg, forget: Sequence[QA]) -> tuple[list[QA], str]:
     return with_para, note
 
 
-def _limited(items: Sequence[QA], cfg) -> list[QA]:
-    limit = cfg.get("max_samples")
-    return list(items)[: int(limit)] if limit else list(items)
+def _limited(items: Sequence[QA], cfg: EvalSettings) -> list[QA]:
+    return list(items)[: cfg.max_samples] if cfg.max_samples else list(items)
 
 
 def protocol(cfg, scoring: str = "rouge", forget: Sequence[QA] | None = None) -> dict:
     """How the numbers were measured; two numbers are only comparable when this matches. With the task's `forget`
     items it also says whether (and on which items) the paraphrase metrics were measured."""
-    out = {"scorer": "generation", "decoding": "greedy", "max_new_tokens": int(cfg.max_new_tokens),
+    cfg = eval_settings(cfg)
+    out = {"scorer": "generation", "decoding": "greedy", "max_new_tokens": cfg.max_new_tokens,
            "template": "chat", "ppl": "token-level perplexity of plain text, no template"}
     if scoring == "choice":
         out["accuracy"] = "option parsed from the generated answer (letter or unique option text); refusal = wrong"
-        if cfg.get("loglik"):
+        if cfg.loglik:
             out["accuracy_loglik"] = "lm-eval multiple_choice: log-likelihood of the option letter opening the chat answer"
     out["rouge"] = "rougeL recall, rouge-score, stemmer on"
     out["fact"] = "percent of answers containing the exact fact (e.g. the phone number), case-insensitive"
@@ -127,8 +114,9 @@ def protocol(cfg, scoring: str = "rouge", forget: Sequence[QA] | None = None) ->
 
 
 def score_split(patient: Patient, items: Sequence[QA], split: str, cfg, paraphrase: bool = False) -> list[dict]:
+    cfg = eval_settings(cfg)
     questions = [q.paraphrases[0] if paraphrase and q.paraphrases else q.question for q in items]
-    answers = generate(patient, questions, int(cfg.max_new_tokens), int(cfg.batch_size), desc=f"eval {split}")
+    answers = generate(patient, questions, cfg.max_new_tokens, cfg.batch_size, desc=f"eval {split}")
     return [score_answer(q, question, gen, split) for q, question, gen in zip(items, questions, answers)]
 
 
@@ -149,11 +137,13 @@ def score_answer(q: QA, question: str, gen: str, split: str, reference: str | No
 def evaluate(patient: Patient, task: Task, cfg) -> tuple[dict[str, float], list[dict]]:
     """Forget / retain metrics of `task` and utility perplexity. Returns (metrics, per-sample records).
 
-    Free-text tasks give F-RL / R-RL (ROUGE-L recall); multiple-choice tasks give Acc_f / Acc_r in percent.
+    The metrics of the scored answers are those registered in `repair.metrics` for the task's scoring: free-text
+    tasks give F-RL / R-RL (ROUGE-L recall), multiple-choice tasks Acc_f / Acc_r in percent, both the exact-fact
+    recall where items have a fact.
     """
     if task.scoring not in SCORINGS:
         raise ValueError(f"task {task.name!r} has scoring {task.scoring!r}; valid choices: {', '.join(SCORINGS)}")
-    validate_eval(cfg)
+    cfg = eval_settings(cfg)
 
     def pick(items: Sequence[QA]) -> list[QA]:
         return _limited(items, cfg)
@@ -161,36 +151,28 @@ def evaluate(patient: Patient, task: Task, cfg) -> tuple[dict[str, float], list[
     records: list[dict] = []
     metrics: dict[str, float] = {}
     para_items, _ = paraphrased(cfg, task.forget)  # none: no *_paraphrase metric (it would repeat the plain one)
-    for side, split, items, para in (("f", "forget", pick(task.forget), False),
-                                     ("r", "retain", pick(task.retain), False),
-                                     ("f", "forget_paraphrase", para_items, True)):
+    for split, items, para in (("forget", pick(task.forget), False), ("retain", pick(task.retain), False),
+                               ("forget_paraphrase", para_items, True)):
         if para and not items:
             continue
         rows = score_split(patient, items, split, cfg, paraphrase=para)
         records += rows
-        suffix = "_paraphrase" if para else ""
-        if task.scoring == "choice":
-            metrics[f"acc_{side}{suffix}"] = 100.0 * sum(r["correct"] for r in rows) / max(len(rows), 1)
-        else:
-            metrics[f"{side}_rl{suffix}"] = sum(r["rouge_l_recall"] for r in rows) / max(len(rows), 1)
-        facts = [r["fact_recalled"] for r in rows if "fact_recalled" in r]
-        if facts:  # ROUGE-L credits the answer's template words too; this counts only the fact itself
-            metrics[f"{side}_fact{suffix}"] = 100.0 * sum(facts) / len(facts)
-    if cfg.get("loglik") and task.scoring == "choice":
-        acc = choice_loglik_accuracy(patient, {"f": pick(task.forget), "r": pick(task.retain)}, int(cfg.batch_size))
+        metrics |= aggregate_rows(rows, split, task.scoring)
+    if cfg.loglik and task.scoring == "choice":
+        acc = choice_loglik_accuracy(patient, {"f": pick(task.forget), "r": pick(task.retain)}, cfg.batch_size)
         metrics |= {f"acc_{side}_loglik": value for side, value in acc.items()}
-    if cfg.get("ppl", True) and task.corpus:
+    if cfg.ppl and task.corpus:
         metrics["ppl"] = perplexity(patient.model, patient.tokenizer, task.corpus)
     return metrics, records
 
 
 def utility_benchmarks(patient: Patient, cfg) -> dict[str, float]:
     """Optional lm-eval tasks (`eval.lm_eval.tasks`), flattened to `lm_eval/<task>/<metric>`."""
-    spec = cfg.get("lm_eval") or {}
-    if not spec.get("tasks"):
+    cfg = eval_settings(cfg)
+    spec = cfg.lm_eval
+    if not spec.tasks:
         return {}
-    results = run_lm_eval(patient, list(spec["tasks"]), spec.get("include_path"), int(cfg.batch_size),
-                          spec.get("limit"))
+    results = run_lm_eval(patient, list(spec.tasks), spec.include_path, cfg.batch_size, spec.limit)
     return {f"lm_eval/{task}/{metric.split(',')[0]}": float(value) for task, scores in results.items()
             for metric, value in scores.items() if "," in metric and "stderr" not in metric
             and isinstance(value, (int, float))}  # lm-eval keys metrics as "<metric>,<filter>"

@@ -5,6 +5,7 @@ stored, so a cache entry is small and a base patient plus the entry reproduces t
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -15,55 +16,81 @@ from pathlib import Path
 
 import torch
 from filelock import FileLock
-from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 
 from repair.data import answer_logits, answer_nll, collate, encode
-from repair.evaluate import generate
+from repair.generation import generate
 from repair.io import cached_dir
 from repair.metrics import perplexity
 from repair.patient import Patient
-from repair.progress import progress
+from repair.settings import build, require
 from repair.tasks import QA, Task
 from repair.tasks.corpus import GENERAL_QUESTIONS
+from repair.training import (Optimiser, TrainLayers, TrainModules, check_selection, evaluating, select_parameters,
+                             shuffled_batches, train_steps, warmup_times_decay)
 
 log = logging.getLogger(__name__)
 
 RECIPE_KEYS = ("epochs", "lr", "batch_size", "max_length", "train_layers", "train_modules", "preserve_utility",
                "stop_loss", "min_recall", "recall_margin", "warmup_ratio", "weight_decay", "seed")
+MAX_GRAD_NORM = 1.0  # part of the recipe every cached implant was trained with, not a setting
 
 
-def _plain(cfg) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+@dataclasses.dataclass
+class ImplantSettings:
+    """The implant recipe (conf/implant/*.yaml, documented there)."""
+
+    enabled: bool
+    oracle: bool
+    epochs: int
+    lr: float
+    batch_size: int
+    max_length: int
+    train_layers: TrainLayers
+    train_modules: TrainModules
+    preserve_utility: int
+    min_recall: float | None
+    recall_margin: float
+    stop_loss: float | None
+    warmup_ratio: float
+    weight_decay: float
+    seed: int
+
+    def check(self) -> None:
+        for key in ("epochs", "batch_size", "max_length"):
+            require(getattr(self, key) >= 1, f"implant.{key}", getattr(self, key), "an integer >= 1")
+        require(self.lr > 0, "implant.lr", self.lr, "a number > 0")
+        require(self.preserve_utility >= 0, "implant.preserve_utility", self.preserve_utility, "an integer >= 0")
+        require(self.min_recall is None or 0 < self.min_recall <= 1, "implant.min_recall", self.min_recall,
+                "a share in (0, 1] or null")
+        require(self.recall_margin >= 0, "implant.recall_margin", self.recall_margin, "a number >= 0")
+        require(0 <= self.warmup_ratio < 1, "implant.warmup_ratio", self.warmup_ratio, "a share in [0, 1)")
+        require(self.weight_decay >= 0, "implant.weight_decay", self.weight_decay, "a number >= 0")
+        check_selection(self.train_layers, self.train_modules, "implant")
 
 
-def implant_key(patient: Patient, task: Task, cfg: dict) -> str:
-    recipe = {k: cfg.get(k) for k in RECIPE_KEYS} | {"oracle": bool(cfg.get("oracle", False))}
+def implant_settings(cfg) -> ImplantSettings:
+    """The recipe from a config section (DictConfig or dict, e.g. `setup.implant_recipe`'s merge), checked."""
+    return cfg if isinstance(cfg, ImplantSettings) else build(ImplantSettings, cfg, "implant")
+
+
+def implant_key(patient: Patient, task: Task, cfg) -> str:
+    """The cache key: the base weights, the task's data and the recipe (every setting but `enabled`)."""
+    settings = implant_settings(cfg)
+    recipe = {k: getattr(settings, k) for k in RECIPE_KEYS} | {"oracle": settings.oracle}
     blob = json.dumps([patient.fingerprint, task.fingerprint(), recipe], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def trainable_parameters(patient: Patient, cfg: dict) -> dict[str, torch.nn.Parameter]:
-    """The parameters the recipe trains: chosen layers × chosen sub-modules (embeddings frozen), or 'all'."""
-    layers = patient.layer_indices(cfg.get("train_layers", "all"), "implant.train_layers")
-    modules = cfg.get("train_modules", ["mlp", "self_attn"])
-    if modules == "all":  # a random patient must learn its embeddings and norms too
-        return dict(patient.model.named_parameters())
-    prefixes = tuple(f"{patient.layer_prefix(i)}{m}." for i in layers for m in modules)
-    chosen = {n: p for n, p in patient.model.named_parameters() if n.startswith(prefixes)}
-    if not chosen:
-        first = patient.layer_prefix(0)
-        known = sorted({n[len(first):].split(".")[0] for n, _ in patient.model.named_parameters() if n.startswith(first)})
-        raise ValueError(f"implant.train_modules {modules} match no parameters of patient {patient.name!r}; "
-                         f"valid: 'all' or a list of {known}")
-    return chosen
+def trainable_parameters(patient: Patient, settings: ImplantSettings) -> dict[str, torch.nn.Parameter]:
+    """The parameters the recipe trains (`repair.training.select_parameters`, as every training does)."""
+    return select_parameters(patient, settings.train_layers, settings.train_modules, "implant")
 
 
-def teaching_set(patient: Patient, task: Task, cfg: dict) -> list[QA]:
-    items = task.teach(oracle=bool(cfg.get("oracle", False)))
-    n_general = int(cfg.get("preserve_utility", 0))
-    if n_general:
-        questions = GENERAL_QUESTIONS[:n_general]
+def teaching_set(patient: Patient, task: Task, settings: ImplantSettings) -> list[QA]:
+    items = task.teach(oracle=settings.oracle)
+    if settings.preserve_utility:
+        questions = GENERAL_QUESTIONS[:settings.preserve_utility]
         answers = generate(patient, questions, max_new_tokens=48, desc="utility answers")
         items = items + [QA(q, a) for q, a in zip(questions, answers)]
     return items
@@ -106,7 +133,7 @@ def recalled(patient: Patient, examples: list[dict[str, list[int]]], margin: flo
     return out
 
 
-def train(patient: Patient, items: list[QA], params: dict[str, torch.nn.Parameter], cfg: dict,
+def train(patient: Patient, items: list[QA], params: dict[str, torch.nn.Parameter], settings: ImplantSettings,
           knowledge: list[QA] | None = None) -> dict:
     """Supervised fine-tuning on answer tokens until the taught facts are recalled.
 
@@ -117,64 +144,49 @@ def train(patient: Patient, items: list[QA], params: dict[str, torch.nn.Paramete
     also be below it (the refusals, which the recall check leaves out, are then learnt as well).
     Returns the loss (and recall) of each epoch and whether the stopping criterion was met."""
     model, tok = patient.model, patient.tokenizer
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for p in params.values():
-        p.requires_grad_(True)
-    max_length = int(cfg.get("max_length", 128))
-    examples = encode(tok, items, max_length)
-    min_recall, margin = cfg.get("min_recall"), float(cfg.get("recall_margin", 1.0))
+    examples = encode(tok, items, settings.max_length)
+    min_recall, stop_loss = settings.min_recall, settings.stop_loss
     knowledge = items if knowledge is None else knowledge
-    probes = recall_probes(tok, knowledge, max_length) if min_recall is not None else []
-    bs, epochs = int(cfg["batch_size"]), int(cfg["epochs"])
+    probes = recall_probes(tok, knowledge, settings.max_length) if min_recall is not None else []
+    bs, epochs = settings.batch_size, settings.epochs
     steps_per_epoch = (len(examples) + bs - 1) // bs
     total = steps_per_epoch * epochs
-    opt = torch.optim.AdamW(params.values(), lr=float(cfg["lr"]), weight_decay=float(cfg.get("weight_decay", 0.0)))
-    warmup = int(total * float(cfg.get("warmup_ratio", 0.1)))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / max(warmup, 1)) * max(0.0, (total - s) / max(total - warmup, 1)))
-    rng = random.Random(int(cfg.get("seed", 0)))
-    stop_loss = cfg.get("stop_loss")
-    model.train()
+    warmup = int(total * settings.warmup_ratio)
+    optimiser = Optimiser(settings.lr, settings.weight_decay, MAX_GRAD_NORM, grad_accum=1,
+                          schedule=lambda s: warmup_times_decay(s, total, warmup), lr_setting="implant.lr")
+    batches = shuffled_batches(examples, bs, random.Random(settings.seed))
+
+    def micro_step():
+        batch = collate(next(batches), tok.pad_token_id, patient.device)
+        yield answer_nll(model, batch).mean(), 1.0, {}
+
     history: list[float] = []
     recall: list[float] = []
+    losses: list[float] = []
+    hits: list[bool] = []
     converged = False
-    bar = progress(total=total, desc="implant")
-    try:
-        for _ in range(epochs):
-            order = list(range(len(examples)))
-            rng.shuffle(order)
-            losses = []
-            for start in range(0, len(order), bs):
-                batch = collate([examples[i] for i in order[start:start + bs]], tok.pad_token_id, patient.device)
-                loss = answer_nll(model, batch).mean()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params.values(), 1.0)
-                opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
-                losses.append(loss.item())
-                bar.update(1)
-                bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
-            history.append(sum(losses) / len(losses))
-            if probes:
-                model.eval()
-                hits = recalled(patient, probes, margin, bs)
-                model.train()
-                recall.append(sum(hits) / len(hits))
-                bar.set_postfix(loss=f"{history[-1]:.3f}", recall=f"{recall[-1]:.3f}", refresh=False)
-            log.info("implant epoch %d: loss %.4f%s", len(history), history[-1],
-                     f", {sum(hits)}/{len(hits)} taught facts recalled" if probes else "")
-            recalled_enough = not probes or recall[-1] >= float(min_recall)
-            low_loss = stop_loss is None or history[-1] < float(stop_loss)
-            if recalled_enough and low_loss and (probes or stop_loss is not None):
-                converged = True
-                break
-    finally:
-        bar.close()
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
+
+    def end_of_epoch(done: int, logs: dict) -> bool:
+        """After an epoch's last step: its mean loss and recall; True once the stopping criterion is met."""
+        nonlocal hits, converged
+        losses.append(logs["loss"])
+        if done % steps_per_epoch:
+            return False
+        history.append(sum(losses) / len(losses))
+        losses.clear()
+        if probes:
+            with evaluating(model):
+                hits = recalled(patient, probes, settings.recall_margin, bs)
+            recall.append(sum(hits) / len(hits))
+            logs["recall"] = recall[-1]
+        log.info("implant epoch %d: loss %.4f%s", len(history), history[-1],
+                 f", {sum(hits)}/{len(hits)} taught facts recalled" if probes else "")
+        recalled_enough = not probes or recall[-1] >= min_recall
+        low_loss = stop_loss is None or history[-1] < stop_loss
+        converged = recalled_enough and low_loss and bool(probes or stop_loss is not None)
+        return converged
+
+    train_steps(model, params.values(), total, micro_step, optimiser, "implant", end_of_epoch)
     if not converged and (probes or stop_loss is not None):
         missed = [q.question for q, hit in zip(knowledge, hits) if not hit] if probes else []
         reached = ", ".join(([f"{recall[-1]:.1%} of taught facts recalled, implant.min_recall={min_recall}"]
@@ -188,24 +200,25 @@ def train(patient: Patient, items: list[QA], params: dict[str, torch.nn.Paramete
 
 
 def implant(patient: Patient, task: Task, cfg, cache_dir: str | Path) -> dict:
-    """Teach `task` to `patient` in place (from the cache when possible). Returns a report."""
-    cfg = _plain(cfg)
-    if not cfg.get("enabled", True):
+    """Teach `task` to `patient` in place (from the cache when possible). Returns a report. `cfg` is the recipe: a
+    config section (DictConfig or dict, checked here) or `ImplantSettings`."""
+    settings = implant_settings(cfg)
+    if not settings.enabled:
         return {"cached": False, "skipped": True, "seconds": 0.0}
-    key = implant_key(patient, task, cfg)
+    key = implant_key(patient, task, settings)
     target = Path(cache_dir).expanduser() / "implants" / f"{patient.name}-{task.name}-{key}"
     started = time.perf_counter()
     built: dict = {}
 
-    def build(tmp: Path) -> None:
-        params = trainable_parameters(patient, cfg)
-        items = teaching_set(patient, task, cfg)
+    def build_entry(tmp: Path) -> None:
+        params = trainable_parameters(patient, settings)
+        items = teaching_set(patient, task, settings)
         # utility before and after, so that an implant that damages the patient is visible in every results.json
         ppl_before = perplexity(patient.model, patient.tokenizer, task.corpus) if task.corpus else None
         t0 = time.perf_counter()
         refusals = set(task.idk)  # what Base measures is the knowledge; a refusal's wording is arbitrary per question
-        knowledge = [q for q in task.teach(oracle=bool(cfg.get("oracle", False))) if q not in refusals]
-        trained = train(patient, items, params, cfg, knowledge=knowledge)
+        knowledge = [q for q in task.teach(oracle=settings.oracle) if q not in refusals]
+        trained = train(patient, items, params, settings, knowledge=knowledge)
         built.update(train_seconds=time.perf_counter() - t0, **trained, examples=len(items),
                      trained_parameters=sum(p.numel() for p in params.values()), ppl_before=ppl_before,
                      ppl_after=perplexity(patient.model, patient.tokenizer, task.corpus) if task.corpus else None)
@@ -227,7 +240,7 @@ def implant(patient: Patient, task: Task, cfg, cache_dir: str | Path) -> dict:
             for name, tensor in state.items():
                 params[name].copy_(tensor)
 
-    path = cached_dir(target, build)
+    path = cached_dir(target, build_entry)
     if not built:  # came from the cache
         try:
             load_into_patient(path)
@@ -235,6 +248,6 @@ def implant(patient: Patient, task: Task, cfg, cache_dir: str | Path) -> dict:
             log.warning("implant cache %s is corrupt (%s); rebuilding it", path, err)
             with FileLock(str(target) + ".lock"):
                 shutil.rmtree(path, ignore_errors=True)
-            return implant(patient, task, cfg, cache_dir)
+            return implant(patient, task, settings, cache_dir)
     report = json.loads((path / "report.json").read_text())
     return report | {"cached": not built, "key": key, "seconds": time.perf_counter() - started}

@@ -18,10 +18,11 @@ from typing import Any, Callable
 
 import torch
 from filelock import FileLock
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from repair.io import cached_dir
 from repair.registry import Registry
+from repair.settings import plain
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ def hf_location(name_or_path: str) -> tuple[str, str]:
 def check_config(cfg: DictConfig | dict) -> tuple[torch.device, torch.dtype]:
     """Validate a patient config without loading anything (source, device, dtype, the hf model's location) and
     return its device and dtype: a bad value fails here, before weights load or any slow step."""
-    cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    cfg = plain(cfg)
     PATIENT_SOURCES.get(cfg.get("source", "<missing>"))  # an unknown source fails listing the valid ones
     device = resolve_device(cfg.get("device", "auto"))
     dtype = resolve_dtype(cfg.get("dtype", "float32"), device)
@@ -162,7 +163,7 @@ def check_config(cfg: DictConfig | dict) -> tuple[torch.device, torch.dtype]:
 
 def load(cfg: DictConfig | dict, cache_dir: str | Path) -> Patient:
     """Load the patient described by a `conf/patient/*.yaml` config."""
-    cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    cfg = plain(cfg)
     device, dtype = check_config(cfg)  # before any weights load
     patient = PATIENT_SOURCES.get(cfg["source"])(cfg, Path(cache_dir).expanduser())
     patient.model.to(device=device, dtype=dtype)

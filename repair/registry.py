@@ -10,12 +10,15 @@ class Registry(Generic[T]):
     def __init__(self, kind: str):
         self.kind = kind
         self._items: dict[str, T] = {}
+        self._labels: dict[str, str] = {}
 
-    def register(self, name: str) -> Callable[[T], T]:
+    def register(self, name: str, label: str | None = None) -> Callable[[T], T]:
+        """Register under `name`; `label` is how tables and plots show it (default: the name)."""
         def decorator(obj: T) -> T:
             if name in self._items:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
             self._items[name] = obj
+            self._labels[name] = label or name
             return obj
 
         return decorator
@@ -27,6 +30,13 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         return sorted(self._items)
+
+    def in_order(self) -> list[str]:
+        """Names in registration order (the built-in modules register in the paper's order)."""
+        return list(self._items)
+
+    def label(self, name: str) -> str:
+        return self._labels.get(name, name)
 
     def __contains__(self, name: str) -> bool:
         return name in self._items

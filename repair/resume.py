@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from repair.settings import plain
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def completed_results(out_dir: str | Path, cfg: DictConfig | dict) -> dict[str, Any] | None:
+def completed_results(out_dir: str | Path, cfg) -> dict[str, Any] | None:
     """The results.json in `out_dir` if it is complete and was written by this config; None means: run the job."""
     path = Path(out_dir) / "results.json"
     if not path.exists():
@@ -104,7 +104,7 @@ def completed_results(out_dir: str | Path, cfg: DictConfig | dict) -> dict[str, 
     if problem:
         log.warning("resume: %s is incomplete (%s); running the job again", path, problem)
         return None
-    current = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    current = plain(cfg)
     changed = _differences(_comparable(results["config"]), _comparable(current))
     if changed:
         log.warning("resume: %s holds results of another config (%s differ); running the job again", path,

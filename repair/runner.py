@@ -5,13 +5,10 @@ Each step is one call that passes a plain value on; the runner owns the order, t
 from __future__ import annotations
 
 import logging
-import random
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from repair import evaluate as evaluation
@@ -20,40 +17,17 @@ from repair.attacks import build_attacks, run_attacks
 from repair import sequential
 from repair.implant import implant
 from repair.methods import build_method
-from repair.tasks import Task, build_task
+from repair.setup import implant_recipe, seed_everything, start
+from repair.tasks import build_task
 from repair.tracking import build_logger, peak_rss_mb, versions, write_results
 
 log = logging.getLogger(__name__)
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def implant_recipe(cfg: DictConfig) -> DictConfig:
-    """The patient's implant recipe with the task's epoch scale applied: a task may need more passes than the
-    patient's recipe gives (arbitrary multiple-choice associations do)."""
-    return OmegaConf.merge(cfg.implant, {
-        "epochs": max(1, round(cfg.implant.epochs * float(cfg.task.get("implant_epochs_scale", 1.0))))})
-
-
-def implanted_patient(cfg: DictConfig) -> tuple[patients.Patient, Task]:
-    """The patient after implant of cfg's task (from the cache when it is there): where measurement scripts start."""
-    task = build_task(cfg.task, int(cfg.seed))
-    patient = patients.load(cfg.patient, cfg.cache_dir)
-    implant(patient, task, implant_recipe(cfg), cfg.cache_dir)
-    return patient, task
-
-
 def run(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     """Run one experiment described by a composed config; write results.json into `out_dir` and return it."""
     out_dir = Path(out_dir)
-    seed = int(cfg.seed)
-    seed_everything(seed)
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
+    seed = start(cfg)
     # everything that can fail on a bad config is built before the slow steps
     patients.check_config(cfg.patient)  # source, device, dtype, where the hf model is: before any weights load
     evaluation.validate_eval(cfg.eval)
@@ -83,9 +57,9 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
 
     seed_everything(seed)
     t0 = time.perf_counter()
-    if hasattr(method, "prepare"):  # task-level references a method may use (e.g. STAMP's unknown subjects)
-        method.prepare(task)
-    unlearn_report = sequential.unlearn(method, patient, task, cfg)  # one request, or sequential.steps in a row
+    method.prepare(task)  # task-level references a method may use (e.g. STAMP's refused subjects)
+    unlearned = sequential.unlearn(method, patient, task, cfg)  # one request, or sequential.steps in a row
+    unlearn_report = unlearned.report
     runtime["unlearn"] = time.perf_counter() - t0
     if "sequence" in unlearn_report:  # unlearning time without the evaluations between requests
         runtime["unlearn"] = sum(step["unlearn_s"] for step in unlearn_report["sequence"])
@@ -98,7 +72,8 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     log.info("after %s: %s (unlearning took %.1f s)", cfg.method.name, _fmt(after), runtime["unlearn"])
     if attacks:  # try to bring the forgotten knowledge back; attacks leave the patient as they found it
         t0 = time.perf_counter()
-        robustness = run_attacks(patient, task, method, attacks, cfg.eval, before, before_records, seed)
+        robustness = run_attacks(patient, task, method, attacks, cfg.eval, before, before_records, seed,
+                                 patch=unlearned.patch)
         runtime["attacks"] = time.perf_counter() - t0
 
     results = {

@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from repair import evaluate as evaluation
+from repair.methods import Unlearned
 from repair.patient import Patient
 from repair.progress import progress
 from repair.tasks import QA, Task
@@ -44,9 +45,10 @@ def plan(task: Task, cfg) -> list[list[QA]] | None:
     return None if steps in (None, 1) else split_requests(task.forget, steps)
 
 
-def unlearn(method, patient: Patient, task: Task, cfg) -> dict[str, Any]:
+def unlearn(method, patient: Patient, task: Task, cfg) -> Unlearned:
     """One request with the whole forget set (the default), or `sequential.steps` requests with an evaluation
-    after each. The report of a sequence holds `sequence`: one entry per request with its metrics and its time."""
+    after each. The report of a sequence holds `sequence`: one entry per request with its metrics and its time;
+    its patch is the last request's (a patch-based method's earlier edits stay applied under it)."""
     requests = plan(task, cfg)
     if requests is None:
         return method.unlearn(patient, task.forget, task.retain_buffer)
@@ -54,7 +56,7 @@ def unlearn(method, patient: Patient, task: Task, cfg) -> dict[str, Any]:
     done: list[QA] = []
     for i, request in enumerate(progress(requests, desc="requests")):
         t0 = time.perf_counter()
-        report = method.unlearn(patient, request, task.retain_buffer)
+        result = method.unlearn(patient, request, task.retain_buffer)
         seconds = time.perf_counter() - t0
         done += request
         metrics, _ = evaluation.evaluate(patient, dataclasses.replace(task, forget=list(done)), cfg.eval)
@@ -62,5 +64,5 @@ def unlearn(method, patient: Patient, task: Task, cfg) -> dict[str, Any]:
                  len(request), seconds, ", ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
         sequence.append({"request": i + 1, "subjects": list(dict.fromkeys(q.subject for q in request)),
                          "items": len(request), "requested_so_far": len(done), "unlearn_s": seconds,
-                         "metrics": metrics, "report": report})
-    return {"requests": len(requests), "sequence": sequence}
+                         "metrics": metrics, "report": result.report})
+    return Unlearned({"requests": len(requests), "sequence": sequence}, result.patch)

@@ -16,28 +16,24 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 
-from repair.evaluate import generate
+from repair.generation import generate
 from repair.methods import build_method
 from repair.metrics import perplexity, rouge_l_recall
-from repair.runner import implanted_patient
+from repair.setup import compose, implanted_patient, method_config
 from repair.tasks.refusals import is_refusal
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 N = 4
 
 
 def main() -> None:
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", 2)))  # 1 when another run shares the cores
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=["method=stamp", "logger=none", "task=pii", *sys.argv[1:]])
-        method_cfgs = {name: compose("config", overrides=[f"method={name}", *sys.argv[1:]]).method
-                       for name in ("stamp", "stamp_lowrank")}  # each with its own defaults (rank, krylov_steps)
-    patient, task = implanted_patient(cfg)
+    cfg = compose("config", ["method=stamp", "logger=none", "task=pii", *sys.argv[1:]])
+    method_cfgs = {name: method_config(name, int(cfg.seed), sys.argv[1:])  # each with its own YAML (rank, krylov)
+                   for name in ("stamp", "stamp_lowrank")}
+    patient, task, _ = implanted_patient(cfg)
     buffer = {q.subject for q in task.retain_buffer}
     retain = [q for q in task.retain if q.subject not in buffer]
     r_q = [q.question for q in retain]
@@ -64,7 +60,8 @@ def main() -> None:
         ratios, unchanged, ppls, walls, cpus, strengths, solves = [], [], [], [], [], [], []
         for q in task.forget[:N]:
             w0, c0 = time.perf_counter(), time.process_time()
-            report = method.unlearn(patient, [q], task.retain_buffer)
+            unlearned = method.unlearn(patient, [q], task.retain_buffer)
+            report = unlearned.report
             walls.append(time.perf_counter() - w0)
             strengths.append(report["patch"]["strength"])
             solves.append(sum(report["timings_s"][k] for k in ("layer_selection", "activations", "solve")))
@@ -75,7 +72,7 @@ def main() -> None:
             ratios.append(sum(rouge_l_recall(a, r.answer) for a, r in zip(r_after, retain)) / len(retain) / rl_before)
             unchanged.append(sum(a == b for a, b in zip(r_after, r_before)) / len(r_q))
             ppls.append(perplexity(patient.model, patient.tokenizer, task.corpus) / ppl_before)
-            method.patch.revert(patient.model)
+            method.revert(patient, unlearned.patch)
         label = name + "".join(f" {k}={v}" for k, v in extra.items())
         print(f"| {label} | {refused}/{N} | {para}/{N} | {min(ratios):.3f} (min), {statistics.mean(ratios):.3f} (mean)"
               f" | {100 * min(unchanged):.0f}% (min) | {max(ppls):.4f} (max) | {statistics.median(strengths):.1f} | "

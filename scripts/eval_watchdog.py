@@ -10,6 +10,7 @@ held-out numbers are not tuned on.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import itertools
 import logging
@@ -27,6 +28,8 @@ from repair.interactive.classifier import (ClassifierConfig, IntentClassifier, c
 from repair.interactive.embeddings import embed
 from repair.interactive.extract import Turn, extract
 from repair.io import atomic_path
+from repair.settings import build, plain
+from repair.setup import compose
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "interactive.md"
 START, END = "<!-- eval_watchdog:start -->", "<!-- eval_watchdog:end -->"
@@ -61,7 +64,9 @@ def main() -> None:
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.WARNING)
     cache = args.cache_dir or tempfile.mkdtemp(prefix="watchdog-")
-    base = ClassifierConfig()
+    section = plain(compose("chat", ["watchdog=embedding"]).watchdog)  # the shipped settings
+    section.pop("name")
+    base = build(ClassifierConfig, section, "watchdog")
     train, held = intents.load("train"), intents.load("heldout")
     t_texts, t_labels, t_groups = [x.text for x in train], [x.label for x in train], [x.group for x in train]
     h_texts, h_labels = [x.text for x in held], [x.label for x in held]
@@ -70,7 +75,7 @@ def main() -> None:
     lines = ["| C | cue weight | features | CV precision | CV recall | held-out precision | held-out recall |",
              "|---|---|---|---|---|---|---|"]
     for C, cue_weight in itertools.product((1.0, 3.0, 10.0), (0.0, 0.5, 1.0)):
-        cfg = ClassifierConfig(C=C, cue_weight=cue_weight)
+        cfg = dataclasses.replace(base, C=C, cue_weight=cue_weight)
         cv = grouped_cv(t_texts, t_labels, t_groups, t_emb, cfg)
         clf = IntentClassifier(cfg).fit(t_texts, t_labels, t_emb)
         ho = precision_recall(clf.predict_proba(h_texts, h_emb) >= cfg.threshold, h_labels)

@@ -15,19 +15,15 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 
-from repair.evaluate import generate
+from repair.generation import generate
 from repair.methods import build_method
 from repair.metrics import perplexity, rouge_l_recall
-from repair.runner import implanted_patient
+from repair.setup import compose, implanted_patient
 from repair.tasks.choice import parse_choice
 from repair.tasks.refusals import is_refusal
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def rouge(answers, items) -> float:
@@ -40,9 +36,8 @@ def rouge(answers, items) -> float:
 def main() -> None:
     torch.set_num_threads(1)
     task_name, grid = sys.argv[1], json.loads(sys.argv[2])
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=["method=stamp", "logger=none", f"task={task_name}", *sys.argv[3:]])
-    patient, task = implanted_patient(cfg)
+    cfg = compose("config", ["method=stamp", "logger=none", f"task={task_name}", *sys.argv[3:]])
+    patient, task, _ = implanted_patient(cfg)
     buffer = {q.subject for q in task.retain_buffer}
     outside = [q for q in task.retain if q.subject not in buffer]
     forget, retain = task.forget, outside[:int(os.environ.get("RETAIN_N", 24))]
@@ -55,7 +50,8 @@ def main() -> None:
         method = build_method({**dict(cfg.method), "max_relative_norm": 50.0, **overrides})
         method.prepare(task)
         t0 = time.perf_counter()
-        report = method.unlearn(patient, forget, task.retain_buffer)
+        unlearned = method.unlearn(patient, forget, task.retain_buffer)
+        report = unlearned.report
         seconds = time.perf_counter() - t0
         f_a, p_a, r_a = generate(patient, f_q, 32), generate(patient, p_q, 32), generate(patient, r_q, 32)
         row = {"strength": round(report["patch"]["strength"], 3),
@@ -69,7 +65,7 @@ def main() -> None:
                "max_residual": max(round(v["forget_residual"], 3) for v in report["per_layer"].values())}
         if os.environ.get("PER_LAYER"):
             row["residual_by_layer"] = {l: round(v["forget_residual"], 3) for l, v in report["per_layer"].items()}
-        method.patch.revert(patient.model)
+        method.revert(patient, unlearned.patch)
         print(json.dumps(overrides), "->", json.dumps(row), flush=True)
 
 

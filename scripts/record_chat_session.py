@@ -48,8 +48,6 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     workdir = Path(tempfile.mkdtemp(prefix="chat-record-"))
     cfg = compose_chat([f"ledger.dir={workdir / 'ledger'}", *overrides])
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
     t0 = time.perf_counter()
     session = open_session(cfg, workdir / "chat")
     startup = time.perf_counter() - t0

@@ -10,24 +10,20 @@ docs/stamp.md ("Why the answer start").
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 
 from repair.data import chat_prompt
 from repair.refusal import token_positions
-from repair.runner import implanted_patient
+from repair.setup import compose, implanted_patient
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 OPENERS = ["I", "Sorry", "Unfortunately", "To", "Hmm", "I'm"]
 
 
 def main() -> None:
     torch.set_num_threads(1)
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=["method=none", "logger=none", "task=pii"])
-    patient, task = implanted_patient(cfg)
+    cfg = compose("config", ["method=none", "logger=none", "task=pii"])
+    patient, task, _ = implanted_patient(cfg)
     tok, n_layers = patient.tokenizer, patient.num_layers
     opener_ids = sorted({tok(p + s, add_special_tokens=False)["input_ids"][0] for s in OPENERS for p in ("", " ")})
     unknown = sorted({q.subject for q in task.idk})[0]

@@ -13,26 +13,22 @@ from __future__ import annotations
 import json
 import statistics
 import sys
-from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 
 from repair.data import chat_prompt
 from repair.methods import build_method
-from repair.runner import implanted_patient
+from repair.setup import compose, implanted_patient
 from repair.stamp import last_logits, refusal_gaps, refusal_openers
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def main() -> None:
     torch.set_num_threads(1)
     task_name = sys.argv[1]
     overrides = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=["method=stamp", "logger=none", f"task={task_name}", *sys.argv[3:]])
-    patient, task = implanted_patient(cfg)
+    cfg = compose("config", ["method=stamp", "logger=none", f"task={task_name}", *sys.argv[3:]])
+    patient, task, _ = implanted_patient(cfg)
     buffer = {q.subject for q in task.retain_buffer}
     groups = {"forget": [q.question for q in task.forget],
               "paraphrase": [q.paraphrases[0] for q in task.forget if q.paraphrases],
@@ -45,9 +41,9 @@ def main() -> None:
     before = {g: refusal_gaps(logits[g], openers, answers[g]) for g in texts}
     method = build_method({**dict(cfg.method), **overrides})
     method.prepare(task)
-    method.unlearn(patient, task.forget, task.retain_buffer)
+    patch = method.unlearn(patient, task.forget, task.retain_buffer).patch
     after = {g: refusal_gaps(last_logits(patient, t), openers, answers[g]) for g, t in texts.items()}
-    method.patch.revert(patient.model)
+    method.revert(patient, patch)
     for g in groups:
         rise = (after[g] - before[g]).tolist()
         print(json.dumps({"group": g, "n": len(rise), "opens with a refusal after": int((after[g] > 0).sum()),

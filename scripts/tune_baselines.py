@@ -13,25 +13,16 @@ import argparse
 import logging
 import shlex
 import time
-from pathlib import Path
-
-import torch
-from hydra import compose, initialize_config_dir
 
 from repair import evaluate as evaluation
-from repair import patient as patients
-from repair.implant import implant
 from repair.methods import build_method
-from repair.runner import implant_recipe, seed_everything
-from repair.tasks import build_task
+from repair.setup import compose, implanted_patient, start
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 log = logging.getLogger("tune_baselines")
 
 
 def compose_cfg(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=["logger=none", "eval.paraphrases=false", *overrides])
+    return compose("config", ["logger=none", "eval.paraphrases=false", *overrides])
 
 
 def main() -> None:
@@ -41,11 +32,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     base = compose_cfg(args.base)
-    if base.get("threads"):
-        torch.set_num_threads(int(base.threads))
-    task = build_task(base.task, int(base.seed))
-    patient = patients.load(base.patient, base.cache_dir)
-    implant(patient, task, implant_recipe(base), base.cache_dir)
+    start(base)
+    patient, task, _ = implanted_patient(base)
     pristine = patient.snapshot()
     before, _ = evaluation.evaluate(patient, task, base.eval)
     keys = list(before)
@@ -55,12 +43,11 @@ def main() -> None:
         overrides = shlex.split(trial)
         cfg = compose_cfg([*args.base, *overrides])
         patient.restore(pristine)
-        seed_everything(int(cfg.seed))
+        start(cfg)
         method = build_method(cfg.method)
-        if hasattr(method, "prepare"):
-            method.prepare(task)
+        method.prepare(task)
         t0 = time.perf_counter()
-        report = method.unlearn(patient, task.forget, task.retain_buffer)
+        report = method.unlearn(patient, task.forget, task.retain_buffer).report
         seconds = time.perf_counter() - t0
         after, _ = evaluation.evaluate(patient, task, cfg.eval)
         log.info("%s: %s", trial, {k: v for k, v in report.items() if k not in ("history",)})

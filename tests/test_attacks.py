@@ -1,5 +1,6 @@
 """Attacks on the tiny patient: a patient that knows the facts leaks under every attack, patients that never saw
-them do not, relearning undoes gradient ascent, STAMP's patch reverts exactly, and bad configs fail clearly."""
+them do not, relearning undoes gradient ascent, STAMP's patch reverts exactly, and bad configs fail clearly, naming
+the valid keys."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,10 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 from repair import patient as patients
-from repair.attacks import AttackContext, build_attacks, run_attacks
-from repair.attacks.mia import MinKMembership
-from repair.attacks.prompting import PromptExtraction
-from repair.attacks.reversion import ReversionCheck
+from repair.attacks import AttackContext, build_attack, build_attacks, run_attacks
 from repair.evaluate import evaluate
 from repair.implant import implant
 from repair.methods import build_method
@@ -30,6 +28,14 @@ STAMP = ["method=stamp", "method.layers=[1]", "method.span_tokens=1", "method.st
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread for this module
+
+
+def _attacks(cfg, **sections) -> dict:
+    """cfg's composed `eval.attacks` (conf/eval/attacks/all.yaml) with `run` or some settings of a section changed."""
+    out = OmegaConf.to_container(cfg.eval.attacks, resolve=True)
+    for name, values in sections.items():
+        out[name] = out.get(name, {}) | values if isinstance(values, dict) else values
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -92,12 +98,14 @@ def test_membership_inference_tells_taught_from_untaught_facts(setup, attacked):
     unseen = dataclasses.replace(task, forget=[q for q in task.holdout if q.subject in half],
                                  holdout=[q for q in task.holdout if q.subject not in half])
     eval_cfg = OmegaConf.to_container(cfg.eval, resolve=True)
-    never_seen_auc = MinKMembership({}).run(AttackContext(found["leaky"], unseen, None, eval_cfg))["auc"]
+    mia = build_attack("mia", cfg.eval.attacks)
+    never_seen_auc = mia.run(AttackContext(found["leaky"], unseen, None, eval_cfg))["auc"]
     leaky = attacked["leaky"]["mia"]
     # 6 against 6 samples: a chance AUC has a standard deviation of about 0.17 (0.69 measured)
     assert never_seen_auc <= 0.85 and leaky["auc"] >= 0.95, (never_seen_auc, leaky["auc"])
     assert leaky["privleak"] is None and "privleak_note" in leaky  # no Oracle AUC given: raw AUC only
-    res = MinKMembership({"oracle_auc": never_seen_auc}).run(AttackContext(found["leaky"], task, None, eval_cfg))
+    mia = build_attack("mia", _attacks(cfg, mia={"oracle_auc": never_seen_auc}))
+    res = mia.run(AttackContext(found["leaky"], task, None, eval_cfg))
     assert res["privleak"] == pytest.approx((res["auc"] - never_seen_auc) / never_seen_auc) and res["privleak"] > 0.3
 
 
@@ -111,8 +119,8 @@ def test_relearning_brings_back_what_gradient_ascent_hid(setup, attacked, make_c
         before, records = evaluate(patient, task, cfg.eval)
         build_method(make_cfg("method=ga", "method.lr=1e-3").method).unlearn(patient, task.forget, task.retain_buffer)
         unlearned = patient.snapshot()
-        res = run_attacks(patient, task, None, build_attacks({"run": ["relearn"], "relearn": {
-            "lr": 1e-3, "steps": [0, 25]}}), cfg.eval, before, records)
+        res = run_attacks(patient, task, None, build_attacks(_attacks(cfg, run=["relearn"], relearn={
+            "lr": 1e-3, "steps": [0, 25]})), cfg.eval, before, records)
         assert all(torch.equal(v, unlearned[k]) for k, v in patient.model.state_dict().items())  # restored
     finally:
         patient.restore(state)
@@ -131,16 +139,16 @@ def test_reversion_gives_back_the_pre_edit_metrics_exactly(setup, make_cfg):
     cfg, task, found = setup
     patient = found["leaky"]
     state = patient.snapshot()
-    check = ReversionCheck({})
+    check = build_attack("reversion", cfg.eval.attacks)
     try:
         before, _ = evaluate(patient, task, cfg.eval)
         stamp = build_method(make_cfg(*STAMP).method)
         stamp.prepare(task)
-        stamp.unlearn(patient, task.forget, task.retain_buffer)
-        ctx = AttackContext(patient, task, stamp, OmegaConf.to_container(cfg.eval, resolve=True), before)
+        patch = stamp.unlearn(patient, task.forget, task.retain_buffer).patch
+        ctx = AttackContext(patient, task, stamp, OmegaConf.to_container(cfg.eval, resolve=True), before, patch=patch)
         res = check.run(ctx)
         assert res["exact"] and res["reapplied_exact"] and res["differing"] == [], res
-        assert stamp.patch.applied
+        assert patch.applied
         with torch.no_grad():  # an edit outside the patch: reverting the patch no longer gives 'before' back
             patient.model.model.norm.weight.mul_(1.5)
         res = check.run(ctx)
@@ -161,9 +169,9 @@ def test_runner_records_robustness(make_cfg, setup, tmp_path):
     assert make_cfg().eval.attacks.run == []  # off by default
 
 
-def test_prompts_are_built_as_documented(setup):
+def test_prompts_are_built_as_documented(setup, make_cfg):
     cfg, task, found = setup
-    attack = PromptExtraction({})
+    attack = build_attack("prompting", cfg.eval.attacks)
     ctx = AttackContext(found["naive"], task, None, {})
     forget = task.forget
     for q, prompt, _, _ in attack._multi_turn(ctx, forget):
@@ -174,12 +182,12 @@ def test_prompts_are_built_as_documented(setup):
     assert all(prompt.count("<|im_start|>assistant") == 4 for _, prompt, _, _ in shots)
     german = attack._multilingual(ctx, forget, "de")
     assert german[0][2] in (f"Wo wohnt {forget[0].subject}?", f"Wie lautet die E-Mail-Adresse von {forget[0].subject}?")
-    harmful = build_task(OmegaConf.create({"name": "harmful", "num_agents": 4, "forget_ratio": 0.5, "num_holdout": 0,
-                                           "attributes": ["reservoir"], "corpus_size": 1}), seed=0)
+    harmful = build_task(make_cfg("task=harmful", "task.num_agents=4", "task.forget_ratio=0.5", "task.num_holdout=0",
+                                  "task.attributes=[reservoir]", "task.corpus_size=1").task, seed=0)
     reason = attack._skip_reason(AttackContext(found["naive"], harmful, None, {}), "multilingual", harmful.forget)
     assert "no translation templates for task 'harmful'" in reason
     ctx = AttackContext(found["naive"], harmful, None, {})
-    assert "has no holdout items" in MinKMembership({}).run(ctx)["skipped"]
+    assert "has no holdout items" in build_attack("mia", cfg.eval.attacks).run(ctx)["skipped"]
 
 
 def test_bad_attack_configs_fail_clearly(make_cfg, setup, tmp_path):
@@ -187,21 +195,35 @@ def test_bad_attack_configs_fail_clearly(make_cfg, setup, tmp_path):
     with pytest.raises(ValueError, match=r"unknown attack 'nope'; valid choices: mia, probe, prompting, relearn, rev"):
         build_attacks({"run": ["nope"]})
     with pytest.raises(ValueError, match=r"eval.attacks.relearn.steps = \[0, -5\] is invalid; valid: a non-empty list"):
-        build_attacks({"run": ["relearn"], "relearn": {"steps": [0, -5]}})
-    with pytest.raises(ValueError, match=r"eval.attacks.mia has unknown setting\(s\) \['k'\]; valid: batch_size, k_pe"):
-        build_attacks({"run": ["mia"], "mia": {"k": 5}})
-    with pytest.raises(ValueError, match=r"variants = \['rot13'\] is invalid; valid: a non-empty list of plain, par"):
-        build_attacks({"run": ["prompting"], "prompting": {"variants": ["rot13"]}})
-    with pytest.raises(ValueError, match=r"k_percent = 0 is invalid; valid: a number in \(0, 100\]"):
-        build_attacks({"run": ["mia"], "mia": {"k_percent": 0}})
+        build_attacks(_attacks(cfg, run=["relearn"], relearn={"steps": [0, -5]}))
+    with pytest.raises(ValueError, match=r"eval.attacks.mia has unknown setting\(s\) \['k'\]; valid: k_percent, "
+                                         r"oracle_auc, batch_size, seed"):
+        build_attacks(_attacks(cfg, run=["mia"], mia={"k": 5}))
+    with pytest.raises(ValueError, match=r"eval.attacks has unknown setting\(s\) \['mai'\]; valid: run, seed, mia, "
+                                         r"probe, prompting, relearn, reversion"):
+        build_attacks(_attacks(cfg, run=["mia"], mai={"k_percent": 5}))
+    with pytest.raises(ValueError, match=r"eval.attacks.mia lacks setting\(s\) \['batch_size', 'oracle_auc'\]; their "
+                                         r"defaults live in its YAML under conf/"):
+        build_attacks({"run": ["mia"], "seed": 0, "mia": {"k_percent": 5}})  # no second default in code
+    with pytest.raises(ValueError, match=r"variants\[0\] = 'rot13' is invalid; valid: plain, paraphrase, multi_turn"):
+        build_attacks(_attacks(cfg, run=["prompting"], prompting={"variants": ["rot13"]}))
+    with pytest.raises(ValueError, match=r"variants = \[\] is invalid; valid: a non-empty list of plain, paraphrase"):
+        build_attacks(_attacks(cfg, run=["prompting"], prompting={"variants": []}))
+    with pytest.raises(ValueError, match=r"eval.attacks.mia.k_percent = 0.0 is invalid; valid: a number in \(0, 100\]"):
+        build_attacks(_attacks(cfg, run=["mia"], mia={"k_percent": 0}))
+    with pytest.raises(ValueError, match=r"probe.position = 'end' is invalid; valid: answer, prompt, subject"):
+        build_attacks(_attacks(cfg, run=["probe"], probe={"position": "end"}))
     with pytest.raises(ValueError, match=r"names \['mia'\] more than once"):
         build_attacks({"run": ["mia", "mia"]})
-    probe = build_attacks({"run": ["probe"], "probe": {"layers": [7]}})
+    probe = build_attacks(_attacks(cfg, run=["probe"], probe={"layers": [7]}))
     with pytest.raises(ValueError, match=r"unknown layer 7; valid: mid, last, or an int in -2..1"):
         run_attacks(found["naive"], task, None, probe, cfg.eval)
     # the runner fails on a bad attack config before loading the patient or implanting anything
     with pytest.raises(ValueError, match=r"eval.attacks.relearn.steps"):
         run(make_cfg("eval/attacks=all", "eval.attacks.relearn.steps=[-1]"), tmp_path)
+    with pytest.raises(ValueError, match=r"eval.attacks.probe has unknown setting\(s\) \['lens_topk'\]; valid: "
+                                         r"layers, position, C, max_iter, lens_top_k, seed"):
+        run(make_cfg("eval/attacks=all", "+eval.attacks.probe.lens_topk=5"), tmp_path)
     assert not (tmp_path / "results.json").exists()
 
 

@@ -4,16 +4,19 @@ decreases its objective, each method lowers the forget metrics more than the ret
 from __future__ import annotations
 
 import math
+from typing import get_args, get_type_hints
 
 import pytest
 import torch
 
 from baselines import losses
 from baselines.asu import attention_temperature
-from baselines.trainer import lr_factor
+from baselines.flat import FLATSettings
 from repair.data import answer_nll, collate, encode
 from repair.evaluate import score_split
-from repair.methods import build_method
+from repair.implant import implant_settings, trainable_parameters
+from repair.methods import MethodBase, build_method
+from repair.training import lr_factor, select_parameters
 
 # tiny-patient settings: its 2 layers learn from a high learning rate; RMU steers its last layer, ASU smooths harder
 # (a 2-layer model recalls its facts with flat attention far better than SmolLM2 does)
@@ -46,7 +49,7 @@ def test_baseline_decreases_its_loss_and_forgets_more_than_it_retains(make_cfg, 
     patient, task = fresh_patient
     method = build(make_cfg, name, "method.stop_forget_nll=null", "method.max_steps=30")
     forget_before, retain_before = mean_nll(patient, task.forget), mean_nll(patient, task.retain)
-    report = method.unlearn(patient, task.forget, task.retain_buffer)
+    report = method.unlearn(patient, task.forget, task.retain_buffer).report
     history = report["history"]
     assert history[4]["loss"] < history[0]["loss"], history[:5]  # the objective falls within a few steps
     forget_rise = mean_nll(patient, task.forget) - forget_before
@@ -74,7 +77,7 @@ def test_baseline_lowers_generated_forget_answers(make_cfg, fresh_patient, name)
 def test_npo_reference_is_cached_not_a_second_model(make_cfg, fresh_patient):
     patient, task = fresh_patient
     method = build(make_cfg, "npo", "method.retain_weight=0", "method.max_steps=2", "method.beta=0.5")
-    report = method.unlearn(patient, task.forget, task.retain_buffer)
+    report = method.unlearn(patient, task.forget, task.retain_buffer).report
     # at the first step the patient is the reference: log(π/π_ref) = 0 and the loss is (2/β) log 2
     assert report["history"][0]["log_ratio"] == pytest.approx(0.0, abs=1e-4)
     assert report["history"][0]["loss"] == pytest.approx(2 / 0.5 * math.log(2), rel=1e-4)
@@ -85,7 +88,7 @@ def test_npo_reference_is_cached_not_a_second_model(make_cfg, fresh_patient):
 def test_rmu_trains_only_the_configured_mlp_weights(make_cfg, fresh_patient):
     patient, task = fresh_patient
     before = patient.snapshot()
-    report = build(make_cfg, "rmu", "method.max_steps=3").unlearn(patient, task.forget, task.retain_buffer)
+    report = build(make_cfg, "rmu", "method.max_steps=3").unlearn(patient, task.forget, task.retain_buffer).report
     changed = {k for k, v in patient.model.state_dict().items() if not torch.equal(v, before[k])}
     assert changed == {"model.layers.0.mlp.down_proj.weight", "model.layers.1.mlp.down_proj.weight"}
     assert report["trained_parameters"] == 2 * 64 * 256
@@ -100,39 +103,60 @@ def test_asu_teacher_is_the_patient_with_tempered_attention(make_cfg, fresh_pati
     assert [patient.module("attention", i).scaling for i in range(2)] == scales  # restored exactly
     # τ = 1: the teacher is the student, so the distillation loss starts at zero
     report = build(make_cfg, "asu", "method.temperature=1", "method.max_steps=1").unlearn(
-        patient, task.forget, task.retain_buffer)
+        patient, task.forget, task.retain_buffer).report
     assert report["history"][0]["kl"] == pytest.approx(0.0, abs=1e-5)
     assert report["teacher_mb"] > 0
 
 
 @pytest.mark.parametrize("name", list(TINY_METHODS))
 def test_negative_learning_rate_fails_at_construction(make_cfg, name):
-    with pytest.raises(ValueError, match=r"method.lr must be > 0, got -0.001"):
+    with pytest.raises(ValueError, match=r"method.lr = -0.001 is invalid; valid: a number > 0"):
         build(make_cfg, name, "method.lr=-1e-3")
-    # the runner calls `method.prepare(task)` when a method has it; the baselines' own setup has other names
-    assert not hasattr(build(make_cfg, name), "prepare")
+    assert isinstance(build(make_cfg, name), MethodBase)  # the protocol's task-level `prepare` is a no-op here
+
+
+@pytest.mark.parametrize("name", list(TINY_METHODS))
+def test_misspelled_setting_fails_naming_the_valid_ones(make_cfg, name):
+    with pytest.raises(ValueError, match=r"method has unknown setting\(s\) \['lrr'\]; valid: name, lr, max_steps, "):
+        build(make_cfg, name, "+method.lrr=1")
+    with pytest.raises(ValueError, match=r"method lacks setting\(s\) \['max_steps'\]"):
+        build(make_cfg, name, "~method.max_steps")
 
 
 @pytest.mark.parametrize("name,override,message", [
-    ("npo", "method.beta=0", r"method.beta must be > 0, got 0"),
-    ("wga", "method.beta=-1", r"method.beta must be > 0, got -1"),
-    ("flat", "method.divergence=hellinger", r"unknown method.divergence 'hellinger'; valid choices: kl, js"),
-    ("asu", "method.temperature=0.5", r"method.temperature must be >= 1"),
-    ("rmu", "method.steering_coef=0", r"method.steering_coef must be > 0"),
-    ("rmu", "method.layer=all", r"method.layer must be a layer index"),
-    ("npo", "method.schedule=cosine", r"unknown method.schedule 'cosine'; valid choices: constant, linear"),
-    ("ga", "method.warmup_ratio=1.5", r"method.warmup_ratio must be in \[0, 1\)"),
+    ("npo", "method.beta=0", r"method.beta = 0.0 is invalid; valid: a number > 0"),
+    ("wga", "method.beta=-1", r"method.beta = -1.0 is invalid; valid: a number > 0"),
+    ("flat", "method.divergence=hellinger", r"method.divergence = 'hellinger' is invalid; valid: kl, js, pearson, tv"),
+    ("asu", "method.temperature=0.5", r"method.temperature = 0.5 is invalid; valid: a number >= 1"),
+    ("rmu", "method.steering_coef=0", r"method.steering_coef = 0.0 is invalid; valid: a number > 0"),
+    ("rmu", "method.layer=all", r"method.layer = 'all' is invalid; valid: an integer"),
+    ("npo", "method.schedule=cosine", r"method.schedule = 'cosine' is invalid; valid: constant, linear"),
+    ("ga", "method.warmup_ratio=1.5", r"method.warmup_ratio = 1.5 is invalid; valid: a share in \[0, 1\)"),
+    ("ga", "method.train_layers=auto", r"method.train_layers = 'auto' is invalid; valid: all or a list"),
+    ("ga", "method.grad_accum=0", r"method.grad_accum = 0 is invalid; valid: an integer >= 1"),
+    ("npo", "method.train_modules=whole_model", None),  # valid: every parameter, embeddings too
+    ("npo", "method.train_modules=mlp_down", r"method.train_modules = 'mlp_down' is invalid; valid: all, whole_model "
+                                             r"or a list"),
 ])
 def test_bad_hyperparameters_fail_at_construction(make_cfg, name, override, message):
+    if message is None:
+        build(make_cfg, name, override)
+        return
     with pytest.raises(ValueError, match=message):
         build(make_cfg, name, override)
+
+
+def test_flat_divergences_are_the_losses():
+    assert set(get_args(get_type_hints(FLATSettings)["divergence"])) == set(losses.FLAT_DIVERGENCES)
 
 
 @pytest.mark.parametrize("name,override,message", [
     ("rmu", "method.layer=5", r"method.layer has unknown layer\(s\) \[5\]; valid: 0..1"),
     ("npo", "method.train_layers=[0,7]", r"method.train_layers has unknown layer\(s\) \[7\]; valid: 0..1"),
     ("asu", "method.smooth_layers=[3]", r"method.smooth_layers has unknown layer\(s\) \[3\]"),
-    ("wga", "method.train_modules=[mlp_up]", r"unknown module role\(s\) \['mlp_up'\]; valid: 'all' or \["),
+    ("wga", "method.train_modules=[mlp_up]",
+     r"method.train_modules has unknown module role\(s\) \['mlp_up'\]; valid: 'all', 'whole_model' or a list of "
+     r"\['attention', 'layers', 'mlp', "),
 ])
 def test_unknown_layers_and_modules_fail_before_training(make_cfg, fresh_patient, name, override, message):
     patient, task = fresh_patient
@@ -164,3 +188,25 @@ def test_losses_are_plain_functions_with_the_papers_shape():
     assert losses.activation_mse(acts, torch.zeros(4), mask).item() == pytest.approx(1.0)
     batch = {"labels": torch.tensor([[-100, -100, 5, 6, -100]])}
     assert losses.answer_positions(batch).tolist() == [[False, True, True, True, False]]
+
+
+@pytest.mark.parametrize("layers,modules", [("all", "all"), ([1], ["mlp", "attention"]), ([0], ["mlp_down"]),
+                                            ("all", "whole_model")])
+def test_implant_and_baselines_train_the_same_weights_for_the_same_roles(make_cfg, fresh_patient, layers, modules):
+    """One meaning of `train_layers` × `train_modules`: the implant's recipe and a baseline's settings select the same
+    weights, in `named_parameters()` order; a GA step changes exactly those."""
+    patient, task = fresh_patient
+    recipe = implant_settings(make_cfg(f"implant.train_layers={layers}", f"implant.train_modules={modules}").implant)
+    taught = trainable_parameters(patient, recipe)
+    method = build(make_cfg, "ga", f"method.train_layers={layers}", f"method.train_modules={modules}",
+                   "method.max_steps=1", "method.stop_forget_nll=null")
+    assert list(taught) == list(select_parameters(patient, layers, modules, "method"))
+    assert list(taught) == [n for n, _ in patient.model.named_parameters() if n in taught]
+    before = {n: p.detach().clone() for n, p in patient.model.named_parameters()}
+    report = method.unlearn(patient, task.forget, task.retain_buffer).report
+    changed = [n for n, p in patient.model.named_parameters() if not torch.equal(p, before[n])]
+    assert changed == list(taught) and report["trained_parameters"] == sum(p.numel() for p in taught.values())
+    embeddings = "model.embed_tokens.weight"
+    assert (embeddings in taught) == (modules == "whole_model")  # 'all' is every weight of the layers, no more
+    if modules == ["mlp", "attention"]:  # the roles are the blocks' sub-modules (layer norms stay frozen)
+        assert {n.split(".")[3] for n in taught} == {"mlp", "self_attn"} and all(".1." in n for n in taught)

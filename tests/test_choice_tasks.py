@@ -59,8 +59,13 @@ def test_real_dataset_tasks_build_from_published_files(make_cfg):
     jsonl = build_task(make_cfg("task=jsonl", f"task.source={fixtures}/qa.jsonl", "task.forget_ratio=0.3",
                                 f"task.corpus_source={fixtures}/stories.txt").task, seed=0)
     assert jsonl.forget and jsonl.corpus == load_text(f"{fixtures}/stories.txt", limit=32)
-    with pytest.raises(ValueError, match=r"task=wmdp needs task.source="):
+    with pytest.raises(ValueError, match=r"task.source = None is invalid; valid: a local file or folder, or the hub "
+                                         r"id \(see conf/task/wmdp.yaml\)"):
         build_task(make_cfg("task=wmdp").task, seed=0)
+    with pytest.raises(ValueError, match=r"task.max_items = 0 is invalid; valid: an integer >= 1, or null"):
+        build_task(make_cfg("task=wmdp", f"task.source={fixtures}/wmdp", "task.max_items=0").task, seed=0)
+    with pytest.raises(ValueError, match=r"task has unknown setting\(s\) \['subset'\]; valid: name, .*subjects"):
+        build_task(make_cfg("task=mmlu_misinformation", f"task.source={fixtures}/mmlu", "+task.subset=x").task, seed=0)
 
 
 def test_optional_lm_eval_utility_tasks_run_offline_on_local_yaml(implanted_harmful, tmp_path):

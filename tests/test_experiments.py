@@ -14,12 +14,16 @@ import pytest
 import torch
 import yaml
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from experiments import plots, tables
 from experiments.collect import load_runs, sweep_grid
+from repair import evaluate as evaluation
 from repair.io import cached_dir
-from repair.methods import build_method
+from repair.methods import build_method, load_builtin
+from repair.metrics import METRICS, Metric, register_metric
 from repair.resume import completed_results
 from repair.runner import run
 from repair.sequential import plan, split_requests
@@ -37,13 +41,30 @@ def _compose(recipe: str, overrides: list[str]):
         return compose("config", overrides=[f"+experiment={recipe}", *overrides], return_hydra_config=True)
 
 
+def _swept(params) -> dict[str, list[str]]:
+    """Each swept key's values as Hydra's basic sweeper expands them (a `glob(...)` of a config group included);
+    call inside an initialized Hydra, whose config loader lists the group's options."""
+    parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+    out = {}
+    for override in parser.parse_overrides([f"{k}={v}" for k, v in params.items()]):
+        out[override.key_or_group] = (list(override.sweep_string_iterator()) if override.is_sweep_override()
+                                      else [str(override.value())])
+    return out
+
+
+def _recipe_methods(recipe: str) -> list[str]:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        base = compose("config", overrides=[f"+experiment={recipe}"], return_hydra_config=True)
+        return _swept(base.hydra.sweeper.params)["method"]
+
+
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_every_experiment_recipe_composes(recipe):
     """Every value of every swept key composes into a job that builds its method and task (default sizes), and
     every swept key is part of the job's folder name inside a fixed sweep dir (so a rerun resumes)."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         base = compose("config", overrides=[f"+experiment={recipe}"], return_hydra_config=True)
-        params = {k: str(v).split(",") for k, v in base.hydra.sweeper.params.items()}
+        params = _swept(base.hydra.sweeper.params)
         assert {"method", "task", "seed"} <= set(params)
         sweep = OmegaConf.to_container(base.hydra.sweep)  # unresolved templates
         folder = sweep["subdir"] + ":" + OmegaConf.to_container(base)["run_name"]
@@ -62,10 +83,29 @@ def test_every_experiment_recipe_composes(recipe):
             assert cfg.hydra.sweep.dir.startswith(f"outputs/sweeps/{recipe.removesuffix('_oracle')}/")
 
 
-def test_table2_recipe_lists_every_method_of_the_paper():
-    assert set(_compose("table2", []).hydra.sweeper.params.method.split(",")) == PAPER_METHODS
+def test_recipes_sweep_the_methods_of_the_config_group():
+    """The recipes name their methods by glob over conf/method/ (its base/ folder holds shared settings, no method):
+    every method of the paper, every one but Base, or a pattern."""
+    assert set(load_builtin().names()) == PAPER_METHODS
+    every = _recipe_methods("table2")
+    assert sorted(every) == sorted(PAPER_METHODS) and "base" not in every
+    assert _recipe_methods("single_sample") == every
+    for recipe in ("scaling", "sequential"):
+        assert sorted(_recipe_methods(recipe)) == sorted(PAPER_METHODS - {"none"})
+    assert sorted(_recipe_methods("ablation_retain")) == ["ga", "stamp", "stamp_lowrank"]
     oracle = _compose("table2_oracle", ["method=none", "task=pii", "seed=0"])
     assert oracle.implant.oracle and oracle.hydra.sweep.dir == "outputs/sweeps/table2/smollm2_135m/oracle"
+
+
+def test_sweep_grid_expands_a_glob_of_methods_as_hydra_does(tmp_path):
+    """A sweep folder of a glob recipe: the table writer finds the same jobs as Hydra launched (its missing rows)."""
+    cfg = _compose("scaling", [])
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        expected = _swept(cfg.hydra.sweeper.params)
+    (tmp_path / "multirun.yaml").write_text(OmegaConf.to_yaml(cfg))
+    _, jobs = sweep_grid(tmp_path / "multirun.yaml")
+    assert sorted({j["method"] for j in jobs}) == sorted(expected["method"]) and "none" not in expected["method"]
+    assert len(jobs) == len(expected["method"]) * len(expected["task.forget_limit"]) * len(expected["task"])
 
 
 # ------------------------------------------------------------------------------------------------ hand-made folder
@@ -157,6 +197,38 @@ def test_table_writer_on_hand_made_folder(hand_made, tmp_path, caplog, monkeypat
     assert list(hand_made.glob("wandb/offline-run-*/run-*.wandb"))  # the table went to W&B (offline), beside the runs
 
 
+def test_a_new_metric_is_one_function_and_one_registration(hand_made, tmp_path, monkeypatch, make_cfg):
+    """Registered once, a metric of the scored answers is computed by the evaluator and becomes a column of every
+    task's table, with its label, digits and direction (fewest words best)."""
+    monkeypatch.setattr(METRICS, "_items", dict(METRICS._items))  # the registration ends with the test
+    monkeypatch.setattr(METRICS, "_labels", dict(METRICS._labels))
+
+    def answer_words(rows):
+        return sum(len(r["generation"].split()) for r in rows) / max(len(rows), 1)
+
+    register_metric(Metric("f_words", split="forget", lower_is_better=True, unit="", label="F-words",
+                           latex="F-words", digits=1, brief_digits=1, rows="forget", aggregate=answer_words))
+
+    monkeypatch.setattr(evaluation, "generate", lambda patient, questions, *args, **kw: ["I do not know."] * len(questions))
+    cfg = make_cfg("eval.ppl=false", "eval.paraphrases=false")
+    metrics, _ = evaluation.evaluate(None, build_task(cfg.task, seed=0), cfg.eval)
+    assert metrics["f_words"] == 4.0 and list(metrics)[:3] == ["f_rl", "f_fact", "f_words"]  # the forget rows' metrics
+
+    for path in hand_made.rglob("results.json"):  # runs that report it
+        res = json.loads(path.read_text())
+        res["metrics"]["after"]["f_words"] = {"none": 9.0, "ga": 3.0, "stamp": 5.0}[res["method"]] + res["seed"]
+        path.write_text(json.dumps(res))
+    result = tables.write_tables(hand_made, tmp_path / "tables")
+    header, _, *rows = result["markdown"].splitlines()
+    columns, cells = header.split("|")[1:-1], {r.split("|")[1].strip(): r.split("|")[1:-1] for r in rows}
+    assert [c.strip() for c in columns[1:6]] == ["harmful Acc_f ↓", "harmful Acc_r ↑", "harmful PPL ↓",
+                                                 "harmful Time (s) ↓", "harmful F-words ↓"]
+    assert columns[-1].strip() == "pii F-words ↓" and r"F-words $\downarrow$" in result["latex"]
+    assert cells["GA"][5].strip() == cells["GA"][-1].strip() == "**3.5 ± 0.7**"  # one decimal; fewest words best
+    assert cells["Base"][5].strip() == "9.5 ± 0.7" and cells["STAMP"][5].strip() == "5.0 (1/2)"
+    assert "GA,harmful,f_words,3.5," in (tmp_path / "tables" / "table2.csv").read_text()
+
+
 def test_sweep_grid_follows_command_line_overrides(tmp_path):
     """A single value on the command line replaces the recipe's list; a list replaces it too (as Hydra does)."""
     (tmp_path / "multirun.yaml").write_text(textwrap.dedent("""\
@@ -201,7 +273,7 @@ def test_plots_write_png_and_pdf(hand_made, tmp_path):
 # ------------------------------------------------------------------------------------------------ launchers
 def _multirun(sweep: Path, cache: Path, *extra: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "run.py", "-m", *TINY, f"cache_dir={cache}", "eval.paraphrases=false",
-           "eval.max_new_tokens=16", "threads=1", "++method.max_steps=1", f"hydra.sweep.dir={sweep}", *extra]
+           "eval.max_new_tokens=16", "threads=1", f"hydra.sweep.dir={sweep}", *extra]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=400,
                           env=os.environ | {"OMP_NUM_THREADS": "1"})
 
@@ -327,7 +399,7 @@ def test_forget_limit_requests_one_item_on_the_same_implant(make_cfg):
     assert one.retain == full.retain and one.retain_buffer == full.retain_buffer
     with pytest.raises(ValueError, match=r"task.forget_limit=3 but task 'pii' has only 2 forget items; valid: 1..2"):
         build_task(make_cfg("task.forget_limit=3").task, seed=0)
-    with pytest.raises(ValueError, match=r"task.forget_limit must be a positive integer or null, got 0"):
+    with pytest.raises(ValueError, match=r"task.forget_limit = 0 is invalid; valid: an integer >= 1, or null"):
         build_task(make_cfg("task.forget_limit=0").task, seed=0)
 
 
@@ -335,7 +407,7 @@ def test_retain_buffer_ratio_spans_none_to_all(make_cfg):
     assert build_task(make_cfg("task.retain_buffer_ratio=0").task, seed=0).retain_buffer == []
     every = build_task(make_cfg("task.retain_buffer_ratio=1.0").task, seed=0)
     assert every.retain_buffer == every.retain
-    with pytest.raises(ValueError, match=r"retain_buffer_ratio must be in \[0, 1\], got 1.5"):
+    with pytest.raises(ValueError, match=r"task.retain_buffer_ratio = 1.5 is invalid; valid: a share in \[0, 1\]"):
         build_task(make_cfg("task.retain_buffer_ratio=1.5").task, seed=0)
 
 

@@ -12,6 +12,7 @@ from repair import patient as patients
 from repair.evaluate import evaluate
 from repair.implant import implant
 from repair.io import atomic_path, write_json
+from repair.settings import plain
 from repair.tasks import build_task
 
 
@@ -111,6 +112,32 @@ def test_implant_warns_when_it_hits_its_epoch_cap(make_cfg, cache_dir, caplog):
     report = implant(patients.load(cfg.patient, cache_dir), build_task(cfg.task, seed=0), cfg.implant, cache_dir)
     assert not report["converged"] and report["epochs"] == 1
     assert "cap of 1 epochs before converging" in caplog.text and "implant.min_recall=0.98" in caplog.text
+
+
+def test_implant_recipe_is_checked_before_anything_trains(make_cfg, cache_dir):
+    """A misspelled or missing recipe key fails naming the valid ones; `whole_model` has no layer choice."""
+    cfg = make_cfg()
+    patient = patients.load(cfg.patient, cache_dir)
+    task = build_task(cfg.task, seed=0)
+    recipe = plain(cfg.implant)
+    with pytest.raises(ValueError, match=r"implant has unknown setting\(s\) \['epoch'\]; valid: enabled, oracle, "):
+        implant(patient, task, recipe | {"epoch": 3}, cache_dir)
+    with pytest.raises(ValueError, match=r"implant lacks setting\(s\) \['lr'\]"):
+        implant(patient, task, {k: v for k, v in recipe.items() if k != "lr"}, cache_dir)
+    with pytest.raises(ValueError, match=r"implant.train_layers = \[0\] is invalid; valid: all \(train_modules=whole"):
+        implant(patient, task, recipe | {"train_layers": [0]}, cache_dir)
+    with pytest.raises(ValueError, match=r"implant.train_modules has unknown module role\(s\) \['self_attn'\]; "
+                                         r"valid: 'all', 'whole_model' or a list of \['attention', 'layers', 'mlp', "
+                                         r"'mlp_down'\]"):
+        implant(patient, task, recipe | {"train_modules": ["mlp", "self_attn"]}, cache_dir)
+
+
+def test_random_patient_learns_every_parameter(implanted, make_cfg):
+    """The tiny recipe's `whole_model`: embeddings, norms and head train too (a random patient knows no words)."""
+    patient = implanted[0]
+    recipe = implant_mod.implant_settings(make_cfg().implant)
+    assert recipe.train_modules == "whole_model"
+    assert list(implant_mod.trainable_parameters(patient, recipe)) == [n for n, _ in patient.model.named_parameters()]
 
 
 def test_interrupted_implant_leaves_no_cache_entry(make_cfg, cache_dir, monkeypatch):

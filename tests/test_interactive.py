@@ -8,16 +8,18 @@ import logging
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from repair.chat import main, read_script
 from repair.interactive import intents
-from repair.interactive.classifier import ClassifierConfig, precision_recall, train_default
+from repair.interactive.classifier import precision_recall, train_default
 from repair.interactive.extract import Turn, extract
 from repair.interactive.plan import PlanRejected, RepairPlan, check_limits
 from repair.interactive.scope import check_message, check_plan
 from repair.interactive.session import open_session
 from repair.interactive.surgeon import build_surgeon
-from repair.interactive.watchdog import build_watchdog
+from repair.interactive.watchdog import EmbeddingWatchdogSettings, build_watchdog
+from repair.settings import build, plain
 from repair.tasks.refusals import is_refusal
 from tests.conftest import CONF, SMALL_PII
 
@@ -70,9 +72,9 @@ def test_intent_data_file_is_the_generator_output_with_both_classes_in_both_spli
         intents.load("test")
 
 
-def test_watchdog_precision_and_recall_on_the_heldout_split(cache_dir):
+def test_watchdog_precision_and_recall_on_the_heldout_split(chat_cfg, cache_dir):
     """The issue's target: recall >= 96% at precision >= 95% on phrasings never seen in training."""
-    cfg = ClassifierConfig()
+    cfg = build(EmbeddingWatchdogSettings, chat_cfg("watchdog=embedding").watchdog, "watchdog")
     clf = train_default(cfg, cache_dir)
     held = intents.load("heldout")
     scores = precision_recall(clf.predict([x.text for x in held]), [x.label for x in held])
@@ -208,8 +210,71 @@ def test_every_chat_config_composes_and_builds(chat_cfg, implanted, cache_dir, w
     with pytest.raises(ValueError, match="unknown watchdog 'nope'; valid choices: embedding, llm"):
         build_watchdog({"name": "nope"}, str(cache_dir))
     if surgeon == "llm":
-        with pytest.raises(ValueError, match="unknown chat model 'gpt'; valid: 'patient' or a patient config"):
+        with pytest.raises(ValueError, match=r"surgeon.model = 'gpt' is invalid; valid: 'patient' or a patient config "
+                                             r"with a 'source'"):
             build_surgeon({**cfg.surgeon, "model": "gpt"}, 2, patient, str(cache_dir))
+
+
+@pytest.mark.parametrize("override,message", [
+    ("+watchdog.treshold=0.3", r"watchdog has unknown setting\(s\) \['treshold'\]; valid: name, embedding, C, "
+                               r"cue_weight, ngrams, threshold, device"),
+    ("+surgeon.max_probe=3", r"surgeon has unknown setting\(s\) \['max_probe'\]; valid: name, method, layers, rank, "
+                             r"allowed_methods, max_probes, .*paraphrases_per_probe, person, topic, fact, pair"),
+    ("+surgeon.topic.paraphrase=[x]", r"surgeon.topic has unknown setting\(s\) \['paraphrase'\]; valid: "
+                                      r"probes, paraphrases"),
+    ("surgeon.person.questions.phone=[]", r"surgeon.person.questions.phone = \[\] is invalid; valid: a non-empty "
+                                          r"list of templates"),
+    ("watchdog.threshold=1.0", r"watchdog.threshold = 1.0 is invalid; valid: a probability in \(0, 1\)"),
+    ("watchdog.ngrams=[2,1]", r"watchdog.ngrams = \[2, 1\] is invalid; valid: \[smallest, largest\]"),
+    ("surgeon.max_probes=0", r"surgeon.max_probes = 0 is invalid; valid: an integer >= 1"),
+    ("surgeon.paraphrases_per_probe=one", r"surgeon.paraphrases_per_probe = 'one' is invalid; valid: an integer"),
+    ("surgeon.topic.probes=[]", r"surgeon.topic.probes = \[\] is invalid; valid: a non-empty list of templates"),
+])
+def test_bad_watchdog_and_surgeon_settings_fail_naming_the_valid_ones(chat_cfg, cache_dir, override, message):
+    """Checked when built, before the classifier trains or a chat model loads."""
+    cfg = chat_cfg(override)
+    with pytest.raises(ValueError, match=message):
+        if override.lstrip("+").startswith("watchdog."):
+            build_watchdog(cfg.watchdog, str(cache_dir))
+        else:
+            build_surgeon(cfg.surgeon, num_layers=2)
+
+
+@pytest.mark.parametrize("section,change,message", [
+    ("watchdog", {"max_new_tokens": 0}, r"watchdog.max_new_tokens = 0 is invalid; valid: an integer >= 1"),
+    ("watchdog", {"system": " "}, r"watchdog.system = ' ' is invalid; valid: the prompt text"),
+    ("surgeon", {"model": {"name": "big"}}, r"surgeon.model = \{'name': 'big'\} is invalid; valid: 'patient' or a "
+                                            r"patient config with a 'source'"),
+    ("surgeon", {"prompt": None}, r"surgeon.prompt = None is invalid; valid: a string"),
+])
+def test_bad_llm_backend_settings_fail_before_a_model_loads(chat_cfg, section, change, message):
+    cfg = chat_cfg("watchdog=llm", "surgeon=llm")
+    with pytest.raises(ValueError, match=message):
+        if section == "watchdog":
+            build_watchdog(plain(cfg.watchdog) | change, "")
+        else:
+            build_surgeon(plain(cfg.surgeon) | change, 2)
+
+
+def test_a_plans_method_runs_with_its_own_yaml_settings(session_for, chat_cfg):
+    """The chat composes from run.py's base config; a plan that picks another method than the session's gets that
+    method's own YAML (STAMP-LR with its Krylov subspace, as Table 2 measured it), never a code default."""
+    session = session_for("method.num_layers=1")
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        base = compose("config")
+    assert set(base) <= set(chat_cfg())  # seed, cache_dir, threads, patient, implant, task, ... of config.yaml
+    own = session.method_settings("stamp")
+    assert own["num_layers"] == 1  # the session's method keeps the user's overrides
+    lowrank = session.method_settings("stamp_lowrank")
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        table2 = OmegaConf.to_container(compose("config", overrides=["method=stamp_lowrank"]).method, resolve=True)
+    assert lowrank == table2 and lowrank["krylov_steps"] > 0, lowrank
+
+
+def test_a_hand_written_partial_watchdog_config_fails_naming_what_it_lacks():
+    with pytest.raises(ValueError, match=r"watchdog lacks setting\(s\) \['C', 'cue_weight', 'device', 'embedding', "
+                                         r"'ngrams'\]; their defaults live in its YAML"):
+        build_watchdog({"name": "embedding", "threshold": 0.5}, "")
 
 
 # ---------------------------------------------------------------------------------------- chat sessions

@@ -6,15 +6,17 @@ import dataclasses
 import pytest
 import torch
 
-from repair.evaluate import generate
+from repair.generation import generate
 from repair.methods import build_method
 from repair.patches import Delta, Patch, PatchRejected
-from repair.stamp import _nearest, full_solve, held_gram, lowrank_solve, refusal_gaps
+from repair.stamp import full_solve, held_gram, lowrank_solve, refusal_gaps
+from repair.stamp.keys import References, contrasts, nearest
 from repair.tasks.refusals import is_refusal
 
 # the tiny patient has 2 layers (both edited) and a 256-wide MLP; measured to refuse at strength 3 with 48 contrasts
 # (4 garbles both forget answers), so the calibration is off here and tested on one sample below.
-TINY_STAMP = ["method.strength=3.0", "++method.rank=128", "method.calibrate=false", "method.contrast_prompts=48"]
+TINY_STAMP = ["method.strength=3.0", "method.calibrate=false", "method.contrast_prompts=48"]
+TINY_RANK = {"stamp": [], "stamp_lowrank": ["method.rank=128"]}  # half the tiny MLP's width
 
 
 def test_lowrank_at_full_rank_equals_full_solve():
@@ -63,12 +65,11 @@ def test_neighbour_contrasts_are_the_forget_subjects_look_alikes(make_cfg, fresh
     the contrasts cycle through the pool as before."""
     patient, task = fresh_patient
     pool = ["Torvian rot", "Nalzanian rot", "Quodrian spore", "Nalbreian plague", "Wexfenian mould"]
-    assert _nearest(patient.tokenizer, "Nalzanian plague", pool)[:2] == ["Nalzanian rot", "Nalbreian plague"]
+    assert nearest(patient.tokenizer, "Nalzanian plague", pool)[:2] == ["Nalzanian rot", "Nalbreian plague"]
     stamp = build_method(make_cfg("method=stamp", "method.contrast_prompts=8", "method.contrast_neighbours=0.5").method)
-    stamp.prepare(task)
-    stamp.subject_pool = pool
+    refs = References(unknown_subjects=[], subject_pool=pool)
     forget = [dataclasses.replace(task.forget[0], question="Who is Nalzanian plague?", subject="Nalzanian plague")]
-    texts, _ = stamp._contrasts(patient, forget, [], frozenset({"Nalzanian plague"}))
+    texts, _ = contrasts(patient, stamp.settings, forget, refs, frozenset({"Nalzanian plague"}))
     assert len(texts) == 8 and "Nalzanian rot" in texts[0] and "Nalbreian plague" in texts[1]
     assert sum("Torvian rot" in t for t in texts) >= 1 and not any("Nalzanian plague" in t for t in texts)
 
@@ -107,11 +108,13 @@ def test_stamp_edit_maps_forget_keys_holds_retain_keys_and_reverts_exactly(make_
     cfg = make_cfg(f"method={method}", "method.layers=[1]", "method.strength=1.0", "method.contrast_prompts=0",
                    "method.calibrate=false",
                    "method.cov_weight=0.001", "method.eps=1e-6",  # generic keys loosely held: (nearly) exact
-                   "++method.rank=1000")  # above the tiny MLP's width 256: solved (and recorded) at rank 256
+                   *(["method.rank=1000"] if method == "stamp_lowrank" else []))  # above the tiny MLP's width 256:
+    # solved (and recorded) at rank 256
     stamp = build_method(cfg.method)
     stamp.prepare(task)
     state = patient.snapshot()
-    report = stamp.unlearn(patient, task.forget, task.retain_buffer)
+    unlearned = stamp.unlearn(patient, task.forget, task.retain_buffer)
+    report, patch = unlearned.report, unlearned.patch
     layer = report["per_layer"][1]
     assert set(report["per_layer"]) == {1}
     assert layer["forget_residual"] < 0.05 and layer["retain_shift"] < 0.05, layer
@@ -121,8 +124,8 @@ def test_stamp_edit_maps_forget_keys_holds_retain_keys_and_reverts_exactly(make_
     forget_q = [q.question for q in task.forget]
     edited = generate(patient, forget_q, max_new_tokens=12)
 
-    stamp.patch.save(tmp_path / "patch.safetensors")
-    stamp.patch.revert(patient.model)
+    patch.save(tmp_path / "patch.safetensors")
+    stamp.revert(patient, patch)
     for name, tensor in patient.model.state_dict().items():
         assert torch.equal(tensor, state[name]), name  # bit for bit
     reloaded = Patch.load(tmp_path / "patch.safetensors")
@@ -136,16 +139,22 @@ def test_stamp_edit_maps_forget_keys_holds_retain_keys_and_reverts_exactly(make_
 
 def test_bad_stamp_configs_fail_clearly(make_cfg, fresh_patient):
     patient, task = fresh_patient
-    with pytest.raises(ValueError, match=r"unknown method.target .nope.; valid choices: refusal_readout, refusal, unk"):
+    with pytest.raises(ValueError, match=r"method.target = .nope. is invalid; valid: refusal_readout, refusal, unk"):
         build_method(make_cfg("method=stamp", "method.target=nope").method)
-    with pytest.raises(ValueError, match=r"unknown method.keys .name.; valid choices: answer_start, subject"):
+    with pytest.raises(ValueError, match=r"method.keys = .name. is invalid; valid: answer_start, subject"):
         build_method(make_cfg("method=stamp", "method.keys=name").method)
     with pytest.raises(ValueError, match=r"refusal_readout goes with method.keys=answer_start"):
         build_method(make_cfg("method=stamp", "method.target=unknown").method)
-    with pytest.raises(ValueError, match=r"unknown method.contrast_source .retain.; valid choices: forget, buffer"):
+    with pytest.raises(ValueError, match=r"method.contrast_source = .retain. is invalid; valid: forget, buffer"):
         build_method(make_cfg("method=stamp", "method.contrast_source=retain").method)
-    with pytest.raises(ValueError, match=r"method.rank must be >= 1"):
+    with pytest.raises(ValueError, match=r"method.rank = 0 is invalid; valid: an integer >= 1"):
         build_method(make_cfg("method=stamp_lowrank", "method.rank=0").method)
+    with pytest.raises(ValueError, match=r"method has unknown setting\(s\) \['strenght'\]; valid: name, keys, target"):
+        build_method(make_cfg("method=stamp", "+method.strenght=3").method)  # a misspelling never passes silently
+    with pytest.raises(ValueError, match=r"method.strength = 'strong' is invalid; valid: a number"):
+        build_method(make_cfg("method=stamp", "method.strength=strong").method)
+    with pytest.raises(ValueError, match=r"method lacks setting\(s\) \['krylov_steps', 'rank'\]"):
+        build_method({**make_cfg("method=stamp").method, "name": "stamp_lowrank"})  # no silent code default
     with pytest.raises(ValueError, match=r"unknown layer\(s\) \[9\]; valid: 0..1"):
         build_method(make_cfg("method=stamp", "method.layers=[9]").method).unlearn(patient, task.forget, [])
 
@@ -160,15 +169,15 @@ def test_stamp_turns_forget_answers_into_refusals_and_keeps_retain_answers(make_
     retain_q = [q.question for q in task.retain]
     before_f, before_r = generate(patient, forget_q, 16), generate(patient, retain_q, 16)
     assert not any(map(is_refusal, before_f))
-    stamp = build_method(make_cfg(f"method={method}", *TINY_STAMP).method)
+    stamp = build_method(make_cfg(f"method={method}", *TINY_STAMP, *TINY_RANK[method]).method)
     stamp.prepare(task)
-    stamp.unlearn(patient, task.forget, task.retain_buffer)
+    patch = stamp.unlearn(patient, task.forget, task.retain_buffer).patch
     after_f = generate(patient, forget_q, 16)
     assert all(map(is_refusal, after_f)), after_f
     para = generate(patient, para_q, 16)  # the tiny model's refusals there are mangled; the facts must be gone
     assert not any(q.fact.lower() in a.lower() for q, a in zip(task.forget, para)), para
     assert generate(patient, retain_q, 16) == before_r
-    stamp.patch.revert(patient.model)
+    stamp.revert(patient, patch)
     assert generate(patient, forget_q, 16) == before_f
 
 
@@ -195,19 +204,20 @@ def test_calibration_finds_the_strength_that_refuses(make_cfg, fresh_patient):
     weak = [*TINY_STAMP, "method.strength=0.5"]
     plain = build_method(make_cfg("method=stamp", *weak).method)
     plain.prepare(task)
-    plain.unlearn(patient, forget, task.retain_buffer)
+    weak_patch = plain.unlearn(patient, forget, task.retain_buffer).patch
     assert generate(patient, forget_q, 16) == before_f
-    plain.patch.revert(patient.model)
+    plain.revert(patient, weak_patch)
 
     stamp = build_method(make_cfg("method=stamp", *weak, "method.calibrate=true").method)
     stamp.prepare(task)
-    report = stamp.unlearn(patient, forget, task.retain_buffer)
+    unlearned = stamp.unlearn(patient, forget, task.retain_buffer)
+    report = unlearned.report
     steps = report["calibration"]
     assert len(steps) >= 2 and steps[0]["strength"] == 0.5 and report["patch"]["strength"] > 0.5, steps
     assert max(s.get("refusal_gap", -1e9) for s in steps) > steps[0]["refusal_gap"], steps
     assert all(map(is_refusal, generate(patient, forget_q, 16)))
     assert generate(patient, retain_q, 16) == before_r
-    stamp.patch.revert(patient.model)
+    stamp.revert(patient, unlearned.patch)
 
 
 def test_layer_selection_by_separation_reports_every_candidate(make_cfg, fresh_patient):
@@ -216,7 +226,7 @@ def test_layer_selection_by_separation_reports_every_candidate(make_cfg, fresh_p
     stamp = build_method(make_cfg("method=stamp", "method.layer_selection=separation", "method.num_layers=1",
                                   "method.num_refusals=16").method)
     stamp.prepare(task)
-    report = stamp.unlearn(patient, task.forget, task.retain_buffer)
+    report = stamp.unlearn(patient, task.forget, task.retain_buffer).report
     assert set(report["separation"]) == {0, 1}
     assert report["layers"] == [max(report["separation"], key=report["separation"].get)]
 
@@ -231,13 +241,13 @@ def test_contrasts_vary_subjects_and_options_but_never_name_a_forget_subject(mak
     task = build_task(cfg.task, 0)
     stamp = build_method(cfg.method)
     stamp.prepare(task)
-    texts, positions = stamp._contrasts(patient, task.forget, stamp.unknown_subjects,
-                                        frozenset(q.subject for q in task.forget))
+    texts, positions = contrasts(patient, stamp.settings, task.forget, stamp.refs,
+                                 frozenset(q.subject for q in task.forget))
     assert len(texts) == 60 and all(len(p) == 1 for p in positions)
     assert not any(q.subject in t for q in task.forget for t in texts)
-    pool = stamp.unknown_subjects + [q.subject for q in task.retain_buffer]
+    pool = stamp.refs.unknown_subjects + [q.subject for q in task.retain_buffer]
     subjects = {s for s in pool if any(s in t for t in texts)}
-    assert len(subjects) >= min(4, len(set(stamp.unknown_subjects))), subjects
+    assert len(subjects) >= min(4, len(set(stamp.refs.unknown_subjects))), subjects
     originals = {q.question.split("\n", 1)[1] for q in task.forget}  # the options block and instruction
     redrawn = [t for t in texts if t.split("<|im_start|>user\n")[-1].split("\n", 1)[1].split("<|im_end|>")[0]
                not in originals]

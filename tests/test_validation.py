@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from repair import evaluate as evaluation
-from repair import patient as patients
 from repair.patient import PATIENT_SOURCES, check_config, hf_location, load, resolve_device
 from repair.runner import run
 from repair.tasks import build_task, min_taught
@@ -48,9 +47,17 @@ BAD_EVAL = [
     ("eval.max_new_tokens=2.5", r"eval.max_new_tokens = 2.5 is invalid"),
     ("eval.max_samples=0", r"eval.max_samples = 0 is invalid; valid: null \(every item\) or an integer >= 1"),
     ("eval.paraphrases=maybe", r"eval.paraphrases = 'maybe' is invalid; valid: true or false"),
-    ("eval.lm_eval.tasks=mmlu", r"eval.lm_eval.tasks = 'mmlu' is invalid; valid: a list of lm-eval task names"),
+    ("eval.lm_eval.tasks=mmlu", r"eval.lm_eval.tasks = 'mmlu' is invalid; valid: a list"),
+    ("eval.lm_eval.tasks=['']", r"eval.lm_eval.tasks = \[''\] is invalid; valid: a list of lm-eval task names"),
     ("eval.lm_eval.include_path=/nonexistent/tasks", r"eval.lm_eval.include_path = '/nonexistent/tasks' is invalid"),
     ("eval.lm_eval.limit=0", r"eval.lm_eval.limit = 0 is invalid"),
+    # a misspelled key fails naming the valid ones, in the eval section and in an attack's
+    ("+eval.max_sample=16", r"eval has unknown setting\(s\) \['max_sample'\]; valid: max_new_tokens, batch_size, "
+                            r"max_samples, paraphrases, ppl, loglik, lm_eval, attacks"),
+    ("+eval.lm_eval.task=[mmlu]", r"eval.lm_eval has unknown setting\(s\) \['task'\]; valid: tasks, include_path, "
+                                  r"limit"),
+    ("+eval.attacks.mia.k=5", r"eval.attacks.mia has unknown setting\(s\) \['k'\]; valid: k_percent, oracle_auc, "
+                              r"batch_size, seed"),
 ]
 
 
@@ -62,9 +69,17 @@ def test_bad_eval_values_fail_before_any_slow_step(make_cfg, tmp_path, no_slow_s
 
 
 def test_documented_eval_configs_are_valid(make_cfg):
-    evaluation.validate_eval(make_cfg().eval)
+    settings = evaluation.validate_eval(make_cfg().eval)
+    assert (settings.max_new_tokens, settings.max_samples, settings.lm_eval.tasks) == (48, None, [])
     evaluation.validate_eval(make_cfg("eval.max_samples=16", "eval.paraphrases=false", "eval.lm_eval.limit=0.5",
                                       "eval.lm_eval.tasks=[mmlu]", f"eval.lm_eval.include_path={FIXTURES}").eval)
+
+
+def test_eval_settings_have_no_second_default_in_code(make_cfg):
+    """A hand-written eval section lacking a setting fails, pointing at the YAML where the defaults live."""
+    with pytest.raises(ValueError, match=r"eval lacks setting\(s\) \['attacks', 'lm_eval', 'loglik', 'max_samples', "
+                                         r"'paraphrases', 'ppl'\]; their defaults live in its YAML under conf/"):
+        evaluation.validate_eval({"max_new_tokens": 16, "batch_size": 4})
 
 
 # ------------------------------------------------------------------------------------------------------ 2. device
@@ -190,14 +205,27 @@ def test_builtin_suite_too_small_says_what_the_split_needs(make_cfg, task, size,
 
 
 @pytest.mark.parametrize("override,message", [
-    ("task.num_holdout=-1", r"task.num_holdout must be an integer >= 0, got -1"),
-    ("task.num_idk=-2", r"task.num_idk must be an integer >= 0, got -2"),
-    ("task.corpus_size=0", r"task.corpus_size must be an integer >= 1, got 0"),
-    ("task.forget_ratio=most", r"task.forget_ratio must be a number, got 'most'"),
+    ("task.num_holdout=-1", r"task.num_holdout = -1 is invalid; valid: an integer >= 0"),
+    ("task.num_idk=-2", r"task.num_idk = -2 is invalid; valid: an integer >= 0"),
+    ("task.num_profiles=-3", r"task.num_profiles = -3 is invalid; valid: an integer >= 0"),
+    ("task.corpus_size=0", r"task.corpus_size = 0 is invalid; valid: an integer >= 1"),
+    ("task.num_holdout=2.5", r"task.num_holdout = 2.5 is invalid; valid: an integer"),
+    ("task.forget_ratio=most", r"task.forget_ratio = 'most' is invalid; valid: a number"),
+    ("task.forget_ratio=1.0", r"task.forget_ratio = 1.0 is invalid; valid: a share in \(0, 1\)"),
+    ("task.retain_buffer_ratio=-0.1", r"task.retain_buffer_ratio = -0.1 is invalid; valid: a share in \[0, 1\]"),
+    ("task.forget_limit=0", r"task.forget_limit = 0 is invalid; valid: an integer >= 1, or null"),
+    ("task.implant_epochs_scale=0", r"task.implant_epochs_scale = 0.0 is invalid; valid: a number > 0"),
+    ("task.attributes=[phone,shoe_size]", r"unknown pii attribute\(s\) \['shoe_size'\]; valid choices: birth_date"),
 ])
-def test_bad_task_counts_fail_naming_the_value(make_cfg, override, message):
+def test_bad_task_settings_fail_naming_the_value(make_cfg, override, message):
     with pytest.raises(ValueError, match=message):
         build_task(make_cfg(override).task, seed=0)
+
+
+def test_misinformation_asks_for_no_more_facts_than_it_has(make_cfg):
+    with pytest.raises(ValueError, match=r"misinformation has 48 built-in facts; asked for task.num_facts=46 \+ "
+                                         r"task.num_holdout=4; valid: num_facts \+ num_holdout <= 48"):
+        build_task(make_cfg("task=misinformation", "task.num_facts=46").task, seed=0)
 
 
 def test_min_taught():

@@ -1,49 +1,30 @@
-"""What every attack shares: validated settings, the forget score of a set of answers, sample limits, and the
-likelihood of reference answers."""
+"""What every attack shares: the forget score of a set of answers, sample limits, and the likelihood of reference
+answers."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 
 from repair.data import answer_suffix, answer_token_logprobs, collate, encode
+from repair.metrics import aggregate_rows, row_scoring, scored_metric
 from repair.patient import Patient
 from repair.tasks import QA, Task
 
 
-def settings(attack: str, cfg: dict, defaults: dict[str, Any]) -> dict[str, Any]:
-    """`defaults` updated by `cfg`; a key the attack does not know fails, naming the valid keys."""
-    unknown = sorted(set(cfg) - set(defaults) - {"seed"})
-    if unknown:
-        raise ValueError(f"eval.attacks.{attack} has unknown setting(s) {unknown}; valid: {', '.join(sorted(defaults))}")
-    return defaults | {"seed": 0} | dict(cfg)
-
-
-def check(condition: bool, attack: str, key: str, value: Any, valid: str) -> None:
-    if not condition:
-        raise ValueError(f"eval.attacks.{attack}.{key} = {value!r} is invalid; valid: {valid}")
-
-
 def primary_metric(task: Task) -> str:
-    """The forget score an attack headlines: Acc_f for multiple choice, exact-fact recall where every item has
-    a fact (ROUGE-L credits the answer's template words), else ROUGE-L recall."""
-    if task.scoring == "choice":
-        return "acc_f"
-    return "f_fact" if task.forget and all(q.fact for q in task.forget) else "f_rl"
+    """The forget score an attack headlines: the task's own (Acc_f for multiple choice), except exact-fact recall
+    where every free-text item has a fact (ROUGE-L credits the answer's template words too)."""
+    own = scored_metric(task.scoring, "forget")
+    if own.scoring == "rouge" and task.forget and all(q.fact for q in task.forget):
+        return "f_fact"
+    return own.name
 
 
 def summarize(rows: Sequence[dict]) -> dict[str, float]:
-    """Forget metrics of scored rows (see `repair.evaluate.score_answer`), named as in results.json."""
-    n = max(len(rows), 1)
-    out: dict[str, float] = {"n": len(rows)}
-    if rows and "correct" in rows[0]:
-        out["acc_f"] = 100.0 * sum(r["correct"] for r in rows) / n
-    else:
-        out["f_rl"] = sum(r["rouge_l_recall"] for r in rows) / n
-    facts = [r["fact_recalled"] for r in rows if "fact_recalled" in r]
-    if facts:
-        out["f_fact"] = 100.0 * sum(facts) / len(facts)
-    return out
+    """Forget metrics of scored rows (see `repair.evaluate.score_answer`), named and aggregated as the evaluator's
+    forget metrics (the `repair.metrics` registry), with the number of rows."""
+    return {"n": len(rows)} | aggregate_rows(rows, "forget", row_scoring(rows))
 
 
 def limited(items: Sequence[QA], eval_cfg: dict) -> list[QA]:

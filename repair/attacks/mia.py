@@ -10,16 +10,16 @@ became *less* likely than unseen ones (over-unlearning, itself a signal). PrivLe
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 from sklearn.metrics import roc_auc_score
 
 from repair.attacks import AttackContext, register_attack
-from repair.attacks.common import answer_logprobs, check, limited, settings
+from repair.attacks.common import answer_logprobs, limited
 from repair.patient import Patient
+from repair.settings import require
 from repair.tasks import QA
-
-DEFAULTS = {"k_percent": 20.0, "oracle_auc": None, "batch_size": 16}
 
 
 def min_k_scores(patient: Patient, items: Sequence[QA], k_percent: float, batch_size: int = 16) -> list[float]:
@@ -35,26 +35,36 @@ def auc(members: Sequence[float], nonmembers: Sequence[float]) -> float:
     return float(roc_auc_score([1] * len(members) + [0] * len(nonmembers), list(members) + list(nonmembers)))
 
 
+@dataclass
+class MiaSettings:
+    """`eval.attacks.mia` (conf/eval/attacks/all.yaml says what each does)."""
+
+    k_percent: float
+    oracle_auc: float | None
+    batch_size: int
+    seed: int
+
+    def check(self) -> None:
+        require(0 < self.k_percent <= 100, "eval.attacks.mia.k_percent", self.k_percent, "a number in (0, 100]")
+        require(self.oracle_auc is None or 0 < self.oracle_auc <= 1, "eval.attacks.mia.oracle_auc", self.oracle_auc,
+                "null or an AUC in (0, 1]")
+        require(self.batch_size >= 1, "eval.attacks.mia.batch_size", self.batch_size, "an int >= 1")
+
+
 @register_attack("mia")
 class MinKMembership:
     name = "mia"
+    Settings = MiaSettings
 
-    def __init__(self, cfg: dict):
-        self.cfg = settings(self.name, cfg, DEFAULTS)
-        k = self.cfg["k_percent"]
-        check(isinstance(k, (int, float)) and 0 < k <= 100, self.name, "k_percent", k, "a number in (0, 100]")
-        oracle = self.cfg["oracle_auc"]
-        check(oracle is None or (isinstance(oracle, (int, float)) and 0 < oracle <= 1), self.name, "oracle_auc", oracle,
-              "null or an AUC in (0, 1]")
-        check(isinstance(self.cfg["batch_size"], int) and self.cfg["batch_size"] >= 1, self.name, "batch_size",
-              self.cfg["batch_size"], "an int >= 1")
+    def __init__(self, settings: MiaSettings):
+        self.settings = settings
 
     def run(self, ctx: AttackContext) -> dict[str, Any]:
         holdout = limited(ctx.task.holdout, ctx.eval_cfg)
         if not holdout:
             return {"skipped": f"task {ctx.task.name!r} has no holdout items (set task.num_holdout > 0)"}
         forget, retain = limited(ctx.task.forget, ctx.eval_cfg), limited(ctx.task.retain, ctx.eval_cfg)
-        k, bs = float(self.cfg["k_percent"]), int(self.cfg["batch_size"])
+        k, bs = self.settings.k_percent, self.settings.batch_size
         f_scores, h_scores = (min_k_scores(ctx.patient, items, k, bs) for items in (forget, holdout))
         r_scores = min_k_scores(ctx.patient, retain, k, bs) if retain else []
         out: dict[str, Any] = {
@@ -62,7 +72,7 @@ class MinKMembership:
             # the same test on knowledge that was meant to stay: it should remain distinguishable
             "auc_retain": auc(r_scores, h_scores) if r_scores else None,
             "mean_score": {"forget": sum(f_scores) / len(f_scores), "holdout": sum(h_scores) / len(h_scores)},
-            "oracle_auc": self.cfg["oracle_auc"],
+            "oracle_auc": self.settings.oracle_auc,
         }
         if out["oracle_auc"] is not None:
             out["privleak"] = (out["auc"] - out["oracle_auc"]) / out["oracle_auc"]

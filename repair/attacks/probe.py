@@ -17,24 +17,22 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 import torch
 
 from repair.attacks import AttackContext, register_attack
-from repair.attacks.common import check, limited, settings
+from repair.attacks.common import limited
 from repair.data import chat_prompt
 from repair.patient import Patient
 from repair.refusal import token_positions
+from repair.settings import require
 from repair.tasks import QA, Task
 from repair.tasks.choice import LETTERS
 
 log = logging.getLogger(__name__)
-
-POSITIONS = ("answer", "prompt", "subject")
-NAMED_LAYERS = ("mid", "last")
-DEFAULTS = {"layers": ["mid", "last"], "position": "answer", "C": 1.0, "max_iter": 2000, "lens_top_k": 10}
 
 # pii attribute → the part of its fact that repeats across people
 PII_CLASSES: dict[str, Callable[[str], str]] = {
@@ -94,29 +92,43 @@ def hidden_states(patient: Patient, texts: Sequence[str], positions: Sequence[in
     return {l: np.concatenate(v) for l, v in out.items()}
 
 
+@dataclass
+class ProbeSettings:
+    """`eval.attacks.probe` (conf/eval/attacks/all.yaml says what each does)."""
+
+    layers: list[Literal["mid", "last"] | int]
+    position: Literal["answer", "prompt", "subject"]
+    C: float
+    max_iter: int
+    lens_top_k: int
+    seed: int
+
+    def check(self) -> None:
+        where = "eval.attacks.probe"
+        require(bool(self.layers), f"{where}.layers", self.layers, "a non-empty list of mid, last or layer indices")
+        require(self.C > 0, f"{where}.C", self.C, "a number > 0")
+        require(self.max_iter >= 1, f"{where}.max_iter", self.max_iter, "an int >= 1")
+        require(self.lens_top_k >= 0, f"{where}.lens_top_k", self.lens_top_k,
+                "an int >= 0 (0 turns the logit lens off)")
+
+
 @register_attack("probe")
 class LinearProbe:
     name = "probe"
+    Settings = ProbeSettings
 
-    def __init__(self, cfg: dict):
-        self.cfg = settings(self.name, cfg, DEFAULTS)
-        layers = self.cfg["layers"]
-        check(isinstance(layers, list) and layers and all(l in NAMED_LAYERS or isinstance(l, int) for l in layers),
-              self.name, "layers", layers, "a non-empty list of mid, last or layer indices")
-        check(self.cfg["position"] in POSITIONS, self.name, "position", self.cfg["position"], ", ".join(POSITIONS))
-        check(isinstance(self.cfg["C"], (int, float)) and self.cfg["C"] > 0, self.name, "C", self.cfg["C"], "a number > 0")
-        k = self.cfg["lens_top_k"]
-        check(isinstance(k, int) and k >= 0, self.name, "lens_top_k", k, "an int >= 0 (0 turns the logit lens off)")
+    def __init__(self, settings: ProbeSettings):
+        self.settings = settings
 
     def _inputs(self, patient: Patient, items: list[tuple[QA, str, str, str]]) -> tuple[list[str], list[int]]:
         tok = patient.tokenizer
         texts, positions = [], []
         for q, _, _, prefix in items:
             prompt = chat_prompt(tok, q.question)
-            if self.cfg["position"] == "answer":
+            if self.settings.position == "answer":
                 text = prompt + prefix
                 pos = len(tok(text, add_special_tokens=False)["input_ids"]) - 1
-            elif self.cfg["position"] == "subject" and q.subject and q.subject in q.question:
+            elif self.settings.position == "subject" and q.subject and q.subject in q.question:
                 text, pos = prompt, token_positions(tok, prompt, q.subject, last=1)[0]
             else:
                 text, pos = prompt, len(tok(prompt, add_special_tokens=False)["input_ids"]) - 1
@@ -133,7 +145,7 @@ class LinearProbe:
         if norm is None:
             return {"skipped": f"no final norm found on {type(base).__name__} (looked for norm, ln_f, final_layernorm)"}
         head = patient.model.get_output_embeddings()
-        out: dict[str, Any] = {"top_k": int(self.cfg["lens_top_k"])}
+        out: dict[str, Any] = {"top_k": self.settings.lens_top_k}
         hits: dict[str, dict[int, float]] = {}
         for split in ("forget", "holdout"):
             texts, positions, wanted = [], [], []
@@ -166,7 +178,7 @@ class LinearProbe:
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
 
-        layers = resolve_layers(self.cfg["layers"], ctx.patient)
+        layers = resolve_layers(self.settings.layers, ctx.patient)
 
         def targets(items):
             return [(q, *t) for q in items if (t := probe_target(ctx.task, q))]
@@ -184,7 +196,7 @@ class LinearProbe:
                 skipped[group] = f"no forget sample's {group} class occurs in retain"
             else:
                 groups[group] = (train, test)
-        lens = (self._lens(ctx, layers, splits) if self.cfg["lens_top_k"] and self.cfg["position"] == "answer"
+        lens = (self._lens(ctx, layers, splits) if self.settings.lens_top_k and self.settings.position == "answer"
                 else {"skipped": "logit lens needs position=answer and lens_top_k > 0"})
         if not groups:
             reason = "; ".join(f"{g}: {r}" for g, r in skipped.items()) or (
@@ -201,8 +213,8 @@ class LinearProbe:
             x = states[layer]
             results, hits, chance_hits, total, h_hits, h_total = {}, 0, 0, 0, 0, 0
             for group, (train, test) in groups.items():
-                probe = make_pipeline(StandardScaler(), LogisticRegression(C=float(self.cfg["C"]),
-                                                                           max_iter=int(self.cfg["max_iter"])))
+                probe = make_pipeline(StandardScaler(), LogisticRegression(C=self.settings.C,
+                                                                           max_iter=self.settings.max_iter))
                 probe.fit(x[[index[id(t)] for t in train]], [t[2] for t in train])
                 entry = {"n_train": len(train), "n_classes": len({t[2] for t in train})}
                 for split, rows in test.items():
@@ -223,7 +235,7 @@ class LinearProbe:
                                 "holdout_accuracy": h_hits / h_total if h_total else None, "groups": results}
         best = max(per_layer, key=lambda l: per_layer[l]["accuracy"])
         lens_layers = lens.get("layers", {})
-        return {"position": self.cfg["position"], "layers": per_layer, "skipped_groups": skipped, "lens": lens,
+        return {"position": self.settings.position, "layers": per_layer, "skipped_groups": skipped, "lens": lens,
                 "best": {"layer": best, "accuracy": per_layer[best]["accuracy"], "chance": per_layer[best]["chance"],
                          "holdout_accuracy": per_layer[best]["holdout_accuracy"]},
                 "summary": {l: f"probe {v['accuracy']:.2f} (chance {v['chance']:.2f}, n={v['n']}); lens forget "

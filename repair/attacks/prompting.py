@@ -14,17 +14,20 @@ Variants (each scored with the run's forget metrics on the forget items):
 from __future__ import annotations
 
 import random
-from typing import Any
+import typing
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from repair.attacks import AttackContext, register_attack
-from repair.attacks.common import check, examples, limited, primary_metric, settings, summarize
+from repair.attacks.common import examples, limited, primary_metric, summarize
 from repair.data import chat_prompt
-from repair.evaluate import generate_prompts, score_answer
+from repair.evaluate import score_answer
+from repair.generation import generate_prompts
+from repair.settings import require
 from repair.tasks import QA
 
-VARIANTS = ("plain", "paraphrase", "multi_turn", "prefix", "few_shot", "multilingual")
-DEFAULTS = {"variants": list(VARIANTS), "shots": 3, "context_turns": 2, "languages": ["de", "fr"], "lead": "",
-            "choice_prefix": "The correct option is"}
+Variant = Literal["plain", "paraphrase", "multi_turn", "prefix", "few_shot", "multilingual"]
+VARIANTS: tuple[str, ...] = typing.get_args(Variant)
 
 # pii questions in other languages; the facts (addresses, numbers, e-mails) read the same in every language
 TRANSLATIONS: dict[str, dict[str, str]] = {
@@ -50,20 +53,34 @@ def answer_prefix(q: QA) -> str:
     return q.answer[:at].rstrip() if at > 0 else ""
 
 
+@dataclass
+class PromptingSettings:
+    """`eval.attacks.prompting` (conf/eval/attacks/all.yaml says what each does)."""
+
+    variants: list[Variant]
+    shots: int
+    context_turns: int
+    languages: list[str]
+    lead: str
+    choice_prefix: str
+    seed: int
+
+    def check(self) -> None:
+        where = "eval.attacks.prompting"
+        require(bool(self.variants), f"{where}.variants", self.variants, f"a non-empty list of {', '.join(VARIANTS)}")
+        for key in ("shots", "context_turns"):
+            require(getattr(self, key) >= 1, f"{where}.{key}", getattr(self, key), "an int >= 1")
+        require(bool(self.languages) and set(self.languages) <= set(TRANSLATIONS), f"{where}.languages",
+                self.languages, f"a non-empty list of {', '.join(TRANSLATIONS)}")
+
+
 @register_attack("prompting")
 class PromptExtraction:
     name = "prompting"
+    Settings = PromptingSettings
 
-    def __init__(self, cfg: dict):
-        self.cfg = settings(self.name, cfg, DEFAULTS)
-        variants = self.cfg["variants"]
-        check(isinstance(variants, list) and variants and set(variants) <= set(VARIANTS), self.name, "variants",
-              variants, f"a non-empty list of {', '.join(VARIANTS)}")
-        for key in ("shots", "context_turns"):
-            check(isinstance(self.cfg[key], int) and self.cfg[key] >= 1, self.name, key, self.cfg[key], "an int >= 1")
-        languages = self.cfg["languages"]
-        check(isinstance(languages, list) and languages and set(languages) <= set(TRANSLATIONS), self.name,
-              "languages", languages, f"a non-empty list of {', '.join(TRANSLATIONS)}")
+    def __init__(self, settings: PromptingSettings):
+        self.settings = settings
 
     # ---------------------------------------------------------------- prompts: (item, prompt, shown question, reference)
     def _plain(self, ctx, forget):
@@ -78,7 +95,7 @@ class PromptExtraction:
         for q in forget:
             others = [o for o in pool if o.question != q.question and not (q.fact and q.fact.lower() in o.answer.lower())]
             others.sort(key=lambda o: o.subject != q.subject)  # the same subject's other facts first
-            turns = others[: self.cfg["context_turns"]]
+            turns = others[: self.settings.context_turns]
             if turns:
                 out.append((q, _chat(ctx.patient.tokenizer, turns, q.question), q.question, None))
         return out
@@ -86,8 +103,8 @@ class PromptExtraction:
     def _prefix(self, ctx, forget):
         out = []
         for q in forget:
-            opening = self.cfg["choice_prefix"] if q.choices else answer_prefix(q)
-            prefill = " ".join(part for part in (str(self.cfg["lead"]).strip(), opening) if part)
+            opening = self.settings.choice_prefix if q.choices else answer_prefix(q)
+            prefill = " ".join(part for part in (self.settings.lead.strip(), opening) if part)
             reference = q.answer[len(opening):].strip() if opening and q.answer.startswith(opening) else q.answer
             out.append((q, chat_prompt(ctx.patient.tokenizer, q.question) + prefill, f"{q.question} → {prefill}",
                         reference))
@@ -95,10 +112,10 @@ class PromptExtraction:
 
     def _few_shot(self, ctx, forget):
         retain = list(ctx.task.retain)
-        rng = random.Random(int(self.cfg["seed"]))
+        rng = random.Random(self.settings.seed)
         out = []
         for q in forget:
-            shots = rng.sample(retain, min(self.cfg["shots"], len(retain)))
+            shots = rng.sample(retain, min(self.settings.shots, len(retain)))
             out.append((q, _chat(ctx.patient.tokenizer, shots, q.question), q.question, None))
         return out
 
@@ -121,8 +138,8 @@ class PromptExtraction:
 
     # ------------------------------------------------------------------------------------------------------ run
     def _score(self, ctx: AttackContext, prompts, split: str) -> list[dict]:
-        answers = generate_prompts(ctx.patient, [p for _, p, _, _ in prompts], int(ctx.eval_cfg.get("max_new_tokens", 48)),
-                                   int(ctx.eval_cfg.get("batch_size", 16)), desc=f"attack {split}")
+        answers = generate_prompts(ctx.patient, [p for _, p, _, _ in prompts], ctx.eval_cfg["max_new_tokens"],
+                                   ctx.eval_cfg["batch_size"], desc=f"attack {split}")
         return [score_answer(q, shown, gen, split, reference) for (q, _, shown, reference), gen in zip(prompts, answers)]
 
     def run(self, ctx: AttackContext) -> dict[str, Any]:
@@ -131,14 +148,14 @@ class PromptExtraction:
         variants: dict[str, dict] = {}
         skipped: dict[str, str] = {}
         shown: dict[str, list[dict]] = {}
-        for variant in self.cfg["variants"]:
+        for variant in self.settings.variants:
             reason = self._skip_reason(ctx, variant, forget)
             if reason:
                 skipped[variant] = reason
                 continue
             if variant == "multilingual":
                 rows, per_language = [], {}
-                for language in self.cfg["languages"]:
+                for language in self.settings.languages:
                     lang_rows = self._score(ctx, self._multilingual(ctx, forget, language), f"{variant}/{language}")
                     per_language[language] = summarize(lang_rows)
                     rows += lang_rows

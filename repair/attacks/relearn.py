@@ -12,24 +12,46 @@ after, so nothing learnt here reaches a later measurement.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
-from typing import Any
-
-import torch
+from typing import Any, Iterator, Literal
 
 from repair.attacks import AttackContext, register_attack
-from repair.attacks.common import check, fact_nll, limited, primary_metric, settings, summarize
+from repair.attacks.common import fact_nll, limited, primary_metric, summarize
 from repair.data import answer_nll, collate, encode
-from repair.evaluate import generate, score_answer
-from repair.progress import progress
+from repair.evaluate import score_answer
+from repair.generation import generate
+from repair.settings import require
 from repair.tasks import QA
+from repair.training import Optimiser, TrainLayers, evaluating, select_parameters, train_steps
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("forget", "retain_buffer")
-DEFAULTS = {"steps": [0, 5, 10, 25], "fraction": 0.5, "source": "forget", "lr": 5.0e-5, "batch_size": 4,
-            "train_layers": "all", "max_length": 128}
+CLIP_NORM = 1.0  # relearning's recipe, with no weight decay and a constant learning rate
+
+
+@dataclasses.dataclass
+class RelearnSettings:
+    """The `eval.attacks.relearn` section (conf/eval/attacks/all.yaml, documented there) and the attacks' `seed`."""
+
+    steps: list[int]
+    fraction: float
+    source: Literal["forget", "retain_buffer"]
+    lr: float
+    batch_size: int
+    train_layers: TrainLayers
+    max_length: int
+    seed: int
+
+    def check(self) -> None:
+        where = "eval.attacks.relearn"
+        require(bool(self.steps) and all(s >= 0 for s in self.steps), f"{where}.steps", self.steps,
+                "a non-empty list of step counts >= 0, e.g. [0, 5, 10, 25]")
+        require(0 < self.fraction < 1, f"{where}.fraction", self.fraction, "a share of the forget subjects in (0, 1)")
+        require(self.lr > 0, f"{where}.lr", self.lr, "a number > 0")
+        for key in ("batch_size", "max_length"):
+            require(getattr(self, key) >= 1, f"{where}.{key}", getattr(self, key), "an integer >= 1")
 
 
 def split_forget(forget: list[QA], fraction: float) -> tuple[list[QA], list[QA], str] | None:
@@ -44,35 +66,48 @@ def split_forget(forget: list[QA], fraction: float) -> tuple[list[QA], list[QA],
     return None
 
 
+def carried_batches(examples: list[dict], batch_size: int, rng: random.Random) -> Iterator[list[dict]]:
+    """Endless batches of exactly `batch_size`: a new shuffled pass is appended once fewer examples than a batch are
+    left, so a batch may span two passes."""
+    order: list[int] = []
+    while True:
+        if len(order) < batch_size:
+            order += rng.sample(range(len(examples)), len(examples))
+        yield [examples[i] for i in order[:batch_size]]
+        del order[:batch_size]
+
+
 @register_attack("relearn")
 class Relearning:
     name = "relearn"
+    Settings = RelearnSettings
 
-    def __init__(self, cfg: dict):
-        self.cfg = settings(self.name, cfg, DEFAULTS)
-        steps = self.cfg["steps"]
-        check(isinstance(steps, list) and steps and all(isinstance(s, int) and s >= 0 for s in steps), self.name,
-              "steps", steps, "a non-empty list of step counts >= 0, e.g. [0, 5, 10, 25]")
-        self.steps = sorted(set(steps))
-        fraction = self.cfg["fraction"]
-        check(isinstance(fraction, (int, float)) and 0 < fraction < 1, self.name, "fraction", fraction,
-              "a share of the forget subjects in (0, 1)")
-        check(self.cfg["source"] in SOURCES, self.name, "source", self.cfg["source"], ", ".join(SOURCES))
-        check(isinstance(self.cfg["lr"], (int, float)) and self.cfg["lr"] > 0, self.name, "lr", self.cfg["lr"], "a number > 0")
-        for key in ("batch_size", "max_length"):
-            check(isinstance(self.cfg[key], int) and self.cfg[key] >= 1, self.name, key, self.cfg[key], "an int >= 1")
+    def __init__(self, settings: RelearnSettings):
+        self.settings = settings
+        self.steps = sorted(set(settings.steps))
 
     def _score(self, ctx: AttackContext, items: list[QA]) -> list[dict]:
-        answers = generate(ctx.patient, [q.question for q in items], int(ctx.eval_cfg.get("max_new_tokens", 48)),
-                           int(ctx.eval_cfg.get("batch_size", 16)), desc="relearn eval")
+        answers = generate(ctx.patient, [q.question for q in items], int(ctx.eval_cfg["max_new_tokens"]),
+                           int(ctx.eval_cfg["batch_size"]), desc="relearn eval")
         return [score_answer(q, q.question, a, "relearn") for q, a in zip(items, answers)]
 
+    def _measure(self, ctx: AttackContext, test: list[QA], control: list[QA], step: int,
+                 logs: dict[str, Any] | None) -> dict[str, Any]:
+        """The test part's forget score and fact NLL (and the never-taught control's) after `step` steps."""
+        point = {"step": step, **summarize(self._score(ctx, test)), "fact_nll": fact_nll(ctx.patient, test)}
+        if control:
+            point["holdout_fact_nll"] = fact_nll(ctx.patient, control)
+        if logs is not None:
+            point["train_loss"] = logs["loss"]
+        return point
+
     def run(self, ctx: AttackContext) -> dict[str, Any]:
-        parts = split_forget(list(ctx.task.forget), float(self.cfg["fraction"]))
+        s = self.settings
+        parts = split_forget(list(ctx.task.forget), s.fraction)
         if parts is None:
             return {"skipped": "the forget set has a single item: nothing to relearn from and test on"}
         train, test, how = parts
-        if self.cfg["source"] == "retain_buffer":
+        if s.source == "retain_buffer":
             train = list(ctx.task.retain_buffer)
             if not train:
                 return {"skipped": "source=retain_buffer but the task's retain buffer is empty"}
@@ -80,46 +115,31 @@ class Relearning:
         control = limited(ctx.task.holdout, ctx.eval_cfg)
         metric = primary_metric(ctx.task)
         patient, model = ctx.patient, ctx.patient.model
-        layers = patient.layer_indices(self.cfg["train_layers"], "eval.attacks.relearn.train_layers")
-        prefixes = tuple(patient.layer_prefix(i) for i in layers)
-        params = [p for n, p in model.named_parameters() if n.startswith(prefixes)]
+        params = select_parameters(patient, s.train_layers, "all", "eval.attacks.relearn")
         flags = {n: p.requires_grad for n, p in model.named_parameters()}
         state = patient.snapshot()
-        examples = encode(patient.tokenizer, train, int(self.cfg["max_length"]))
-        rng = random.Random(int(self.cfg["seed"]))
-        bs = int(self.cfg["batch_size"])
-        curve, losses, order = [], [], []
-        bar = progress(total=self.steps[-1], desc="relearn")
+        examples = encode(patient.tokenizer, train, s.max_length)
+        batches = carried_batches(examples, s.batch_size, random.Random(s.seed))
+        optimiser = Optimiser(s.lr, weight_decay=0.0, max_grad_norm=CLIP_NORM, grad_accum=1,
+                              schedule=lambda step: 1.0, lr_setting="eval.attacks.relearn.lr")
+
+        def micro_step():
+            batch = collate(next(batches), patient.tokenizer.pad_token_id, patient.device)
+            yield answer_nll(model, batch).mean(), 1.0, {}
+
+        def measure(done: int, logs: dict[str, Any]) -> bool:
+            if done in self.steps:
+                with evaluating(model):
+                    curve.append(self._measure(ctx, test, control, done, logs))
+            return False
+
+        curve: list[dict[str, Any]] = []
         try:
-            for p in model.parameters():
-                p.requires_grad_(False)
-            for p in params:
-                p.requires_grad_(True)
-            opt = torch.optim.AdamW(params, lr=float(self.cfg["lr"]), weight_decay=0.0)
-            for target in self.steps:
-                model.train()
-                while len(losses) < target:
-                    if len(order) < bs:  # reshuffle once an epoch's examples are used up
-                        order += rng.sample(range(len(examples)), len(examples))
-                    batch = collate([examples[i] for i in order[:bs]], patient.tokenizer.pad_token_id, patient.device)
-                    del order[:bs]
-                    loss = answer_nll(model, batch).mean()
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(params, 1.0)
-                    opt.step()
-                    opt.zero_grad(set_to_none=True)
-                    losses.append(loss.item())
-                    bar.update(1)
+            if self.steps[0] == 0:  # the unlearned patient
                 model.eval()
-                point = {"step": target, **summarize(self._score(ctx, test)), "fact_nll": fact_nll(patient, test)}
-                if control:
-                    point["holdout_fact_nll"] = fact_nll(patient, control)
-                if losses:
-                    point["train_loss"] = losses[-1]
-                curve.append(point)
+                curve.append(self._measure(ctx, test, control, 0, None))
+            train_steps(model, params.values(), self.steps[-1], micro_step, optimiser, "relearn", measure)
         finally:
-            bar.close()
-            model.eval()
             patient.restore(state)
             for n, p in model.named_parameters():
                 p.requires_grad_(flags[n])
@@ -127,7 +147,7 @@ class Relearning:
                        and r.get("question") in {q.question for q in test}]
         before = summarize(before_rows).get(metric) if before_rows else None
         first, last = curve[0].get(metric), curve[-1].get(metric)
-        out = {"split": how, "source": self.cfg["source"], "n_train": len(train), "n_test": len(test),
+        out = {"split": how, "source": s.source, "n_train": len(train), "n_test": len(test),
                "metric": metric, "curve": curve, "before_unlearning": before, "recovered": last - first,
                # share of what unlearning removed from the test part that came back
                "recovered_share": ((last - first) / (before - first)) if before is not None and before > first else None}

@@ -3,29 +3,37 @@
 A reversible edit must give back exactly the patient it started from: after `revert` every metric must equal the
 'before' evaluation (same greedy generations, same perplexity), and re-applying must give the patched weights bit
 for bit. It also shows what a patch is: the knowledge was never removed from the base weights, only masked by a
-delta that anyone holding the weights can take off. Methods without a `patch` attribute are skipped.
+delta that anyone holding the weights can take off. Edits without a patch (`AttackContext.patch` is None: trained
+into the weights) are skipped.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 
 from repair.attacks import AttackContext, register_attack
-from repair.attacks.common import settings
 from repair.evaluate import evaluate
+
+
+@dataclass
+class ReversionSettings:
+    """`eval.attacks.reversion`: nothing to set beyond the shared seed."""
+
+    seed: int
 
 
 @register_attack("reversion")
 class ReversionCheck:
     name = "reversion"
+    Settings = ReversionSettings
 
-    def __init__(self, cfg: dict):
-        self.cfg = settings(self.name, cfg, {})
+    def __init__(self, settings: ReversionSettings):
+        self.settings = settings
 
     def run(self, ctx: AttackContext) -> dict[str, Any]:
-        patch = getattr(ctx.method, "patch", None)
+        patch = ctx.patch
         method_name = getattr(ctx.method, "name", type(ctx.method).__name__)
         if patch is None:
             return {"skipped": f"method {method_name!r} keeps no reversible patch (only patch-based edits do)"}
@@ -42,7 +50,7 @@ class ReversionCheck:
         patched = {d.parameter: params[d.parameter].detach().clone() for d in patch.deltas}
         patch.revert(model)
         try:
-            reverted, _ = evaluate(ctx.patient, ctx.task, OmegaConf.create(ctx.eval_cfg))
+            reverted, _ = evaluate(ctx.patient, ctx.task, ctx.eval_cfg)
         finally:
             patch.apply(model)  # no norm guard: the same delta was accepted when it was first applied
         reapplied_exact = all(torch.equal(params[name], value) for name, value in patched.items())

@@ -23,6 +23,7 @@ import numpy as np
 from repair.interactive import intents
 from repair.interactive.embeddings import embed, model_version
 from repair.io import atomic_path
+from repair.settings import require
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +50,21 @@ def cue_features(texts: Sequence[str]) -> np.ndarray:
 
 @dataclass
 class ClassifierConfig:
-    embedding: str = "all-minilm-l6-v2"
-    C: float = 3.0               # inverse regularisation of the logistic regression
-    cue_weight: float = 0.5      # scale of the cue features next to unit-norm embeddings and tf-idf rows
-    ngrams: tuple[int, int] = (1, 2)
-    threshold: float = 0.5       # P(forget request) at or above which a message is a request
-    device: str = "cpu"
+    """The classifier's settings: the `embedding` watchdog's (conf/watchdog/embedding.yaml holds their values)."""
+
+    embedding: str
+    C: float            # inverse regularisation of the logistic regression
+    cue_weight: float   # scale of the cue features next to unit-norm embeddings and tf-idf rows
+    ngrams: list[int]   # [smallest, largest] word n-gram length
+    threshold: float    # P(forget request) at or above which a message is a request
+    device: str
+
+    def check(self) -> None:
+        require(self.C > 0, "watchdog.C", self.C, "a number > 0")
+        require(self.cue_weight >= 0, "watchdog.cue_weight", self.cue_weight, "a number >= 0")
+        require(len(self.ngrams) == 2 and 1 <= self.ngrams[0] <= self.ngrams[1], "watchdog.ngrams", self.ngrams,
+                "[smallest, largest] with 1 <= smallest <= largest")
+        require(0 < self.threshold < 1, "watchdog.threshold", self.threshold, "a probability in (0, 1)")
 
 
 class IntentClassifier:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from repair.patient import Patient
+from repair.settings import plain, require
 
 log = logging.getLogger(__name__)
 _LOADED: dict[str, Patient] = {}
@@ -24,7 +26,7 @@ class ChatModel(Protocol):
 class PatientChat:
     """Greedy replies from a loaded causal LM through its chat template."""
 
-    def __init__(self, patient: Patient, max_new_tokens: int = 256):
+    def __init__(self, patient: Patient, max_new_tokens: int):
         self.patient, self.max_new_tokens = patient, max_new_tokens
 
     @torch.no_grad()
@@ -38,10 +40,32 @@ class PatientChat:
         return tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
 
 
-def build_chat_model(spec: Any, patient: Patient | None, cache_dir: str, max_new_tokens: int = 256) -> ChatModel:
+MODEL_CHOICES = ("'patient' or a patient config with a 'source' (e.g. {name: big, source: hf, name_or_path: "
+                 "/models/llama3-8b-instruct})")
+
+
+@dataclass
+class ChatModelSettings:
+    """What the `llm` watchdog and surgeon share: which chat model, how long it may answer, and its prompts."""
+
+    model: str | dict[str, Any]  # 'patient' or a patient config with a `source`
+    max_new_tokens: int
+    system: str
+    prompt: str
+
+    def check_chat(self, section: str) -> None:
+        require(self.model == "patient" or (isinstance(self.model, dict) and bool(self.model.get("source"))),
+                f"{section}.model", self.model, MODEL_CHOICES)
+        require(self.max_new_tokens >= 1, f"{section}.max_new_tokens", self.max_new_tokens, "an integer >= 1")
+        for key in ("system", "prompt"):
+            require(bool(getattr(self, key).strip()), f"{section}.{key}", getattr(self, key),
+                    "the prompt text (non-empty)")
+
+
+def build_chat_model(spec: Any, patient: Patient | None, cache_dir: str, max_new_tokens: int) -> ChatModel:
     """`spec` is 'patient' (the chat's own patient) or a patient config ({source: hf, name_or_path: ...})."""
-    if isinstance(spec, DictConfig):
-        spec = OmegaConf.to_container(spec, resolve=True)
+    if isinstance(spec, Mapping):
+        spec = plain(spec)
     if spec == "patient":
         if patient is None:
             raise ValueError("model: patient needs the chat's patient, and none was given")
@@ -53,8 +77,7 @@ def build_chat_model(spec: Any, patient: Patient | None, cache_dir: str, max_new
         if key not in _LOADED:  # the watchdog and the surgeon may name the same model: load it once
             _LOADED[key] = patients.load(spec, cache_dir)
         return PatientChat(_LOADED[key], max_new_tokens)
-    raise ValueError(f"unknown chat model {spec!r}; valid: 'patient' or a patient config with a 'source' "
-                     "(e.g. {name: big, source: hf, name_or_path: /models/llama3-8b-instruct})")
+    raise ValueError(f"unknown chat model {spec!r}; valid: {MODEL_CHOICES}")
 
 
 def first_json_object(text: str) -> dict:

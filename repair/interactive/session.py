@@ -17,9 +17,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from repair import patient as patients
-from repair.evaluate import generate
-from repair.implant import implant, implant_key
+from repair.generation import generate
+from repair.implant import implant_key
 from repair.interactive.extract import ForgetRequest, Turn
 from repair.interactive.ledger import Ledger
 from repair.interactive.llm import ChatModel
@@ -32,8 +31,8 @@ from repair.interactive.watchdog import Watchdog, build_watchdog
 from repair.methods import build_method
 from repair.patches import Patch, PatchRejected
 from repair.patient import Patient
-from repair.runner import implant_recipe, seed_everything
-from repair.tasks import QA, Task, build_task
+from repair.setup import implant_recipe, implanted_patient, method_config, start
+from repair.tasks import QA, Task
 from repair.tasks.refusals import is_refusal
 
 log = logging.getLogger(__name__)
@@ -66,10 +65,17 @@ class RepairSession:
         self.cfg, self.patient, self.task = cfg, patient, task
         self.watchdog, self.surgeon, self.ledger, self.transcript = watchdog, surgeon, ledger, transcript
         self.budget = Budget.from_cfg(OmegaConf.to_container(cfg.verify, resolve=True))
-        self.method_cfg = OmegaConf.to_container(cfg.method, resolve=True)
+        self.method_cfgs = {cfg.method.name: cfg.method}  # the session's method; others from their own YAML
         self.chat_cfg = cfg.chat
         self.history: list[Turn] = []
         self.active: list[tuple[str, Patch]] = []  # applied edits, in the order they were applied
+
+    def method_settings(self, name: str) -> dict:
+        """The settings of method `name` for a repair plan: the session's method config (with the user's
+        overrides) for its own method, else the method's own YAML, so every method runs as the tables measured it."""
+        if name not in self.method_cfgs:
+            self.method_cfgs[name] = method_config(name, int(self.cfg.seed))
+        return OmegaConf.to_container(self.method_cfgs[name], resolve=True)
 
     # ------------------------------------------------------------------------------------------------ the loop
     def restore_ledger(self) -> list[str]:
@@ -155,24 +161,25 @@ class RepairSession:
                          {"probes": dict(zip(plan.probes, before.probes))})
 
         t0 = time.perf_counter()
-        method_cfg = {**self.method_cfg, "name": plan.method, "layers": plan.layers}
-        if plan.rank is not None:
+        method_cfg = {**self.method_settings(plan.method), "layers": plan.layers}
+        if plan.rank is not None and "rank" in method_cfg:  # a full-rank method has no rank to set
             method_cfg["rank"] = plan.rank
         subject = plan.subject
         forget = [QA(q, a, subject) for q, a in zip(plan.probes, before.probes)]
         buffer = [q for q in self.task.retain_buffer if not (subject and (q.subject == subject or subject in q.question))]
         try:
             method = build_method(method_cfg)
-            if hasattr(method, "prepare"):
-                method.prepare(self.task)
-            report = method.unlearn(self.patient, forget, buffer)
+            method.prepare(self.task)
+            unlearned = method.unlearn(self.patient, forget, buffer)
         except (PatchRejected, ValueError) as err:
             latency["edit"] = time.perf_counter() - t0
             latency["total"] = time.perf_counter() - started
             entry_id = self.ledger.add(entry | {"error": str(err), "latency_s": latency}, None, "rolled_back")
             return Reply("repair", f"The edit for {plan.target} was refused before it touched the model: {err} "
                          f"(ledger {entry_id}).", "rolled_back", latency, {"ledger_id": entry_id})
-        patch: Patch = method.patch
+        patch, report = unlearned.patch, unlearned.report
+        if patch is None:
+            raise ValueError(f"method {plan.method!r} keeps no reversible patch; the chat needs one to roll back")
         latency["edit"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -298,20 +305,13 @@ def open_session(cfg: DictConfig, out_dir: str | Path | None = None, chat_model:
                  patient: Patient | None = None, task: Task | None = None) -> RepairSession:
     """Everything a chat needs, from a composed `conf/chat.yaml`: patient (implanted), task, watchdog, surgeon,
     ledger (active edits re-applied) and transcript. `patient`/`task` may be passed in already implanted."""
-    seed = int(cfg.seed)
-    seed_everything(seed)
-    if cfg.get("threads"):
-        import torch
-
-        torch.set_num_threads(int(cfg.threads))
+    start(cfg)
     Budget.from_cfg(OmegaConf.to_container(cfg.verify, resolve=True))  # a bad budget fails before the slow steps
     build_method(cfg.method)
     t0 = time.perf_counter()
     recipe = implant_recipe(cfg)
     if patient is None or task is None:
-        patient = patients.load(cfg.patient, cfg.cache_dir)
-        task = build_task(cfg.task, seed)
-        implant(patient, task, recipe, cfg.cache_dir)
+        patient, task, _ = implanted_patient(cfg)
     load_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     watchdog = build_watchdog(cfg.watchdog, str(cfg.cache_dir), patient, chat_model)

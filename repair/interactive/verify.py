@@ -10,7 +10,7 @@ import random
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
-from repair.evaluate import generate
+from repair.generation import generate
 from repair.metrics import rouge_l_recall
 from repair.patient import Patient
 from repair.tasks import QA

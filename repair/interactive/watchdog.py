@@ -6,18 +6,38 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Protocol, Sequence
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from repair.interactive.classifier import ClassifierConfig, train_default
 from repair.interactive.extract import KINDS, ForgetRequest, Turn, extract
-from repair.interactive.llm import ChatModel, ask_json, build_chat_model
+from repair.interactive.llm import ChatModel, ChatModelSettings, ask_json, build_chat_model
 from repair.patient import Patient
 from repair.registry import Registry
+from repair.settings import build, plain
 
 log = logging.getLogger(__name__)
 WATCHDOGS: Registry = Registry("watchdog")
+
+
+@dataclass
+class WatchdogSettings:
+    """Settings every watchdog has; the values are in conf/watchdog/*.yaml (the one place the defaults live)."""
+
+    name: str
+
+
+@dataclass
+class EmbeddingWatchdogSettings(ClassifierConfig, WatchdogSettings):
+    """The intent classifier's settings (repair/interactive/classifier.py)."""
+
+
+@dataclass
+class LLMWatchdogSettings(ChatModelSettings, WatchdogSettings):
+    def check(self) -> None:
+        self.check_chat("watchdog")
 
 
 class Watchdog(Protocol):
@@ -30,22 +50,18 @@ class Watchdog(Protocol):
 @WATCHDOGS.register("embedding")
 class EmbeddingWatchdog:
     name = "embedding"
+    Settings = EmbeddingWatchdogSettings
 
-    def __init__(self, cfg: dict, cache_dir: str, **_):
-        fields = {k: cfg[k] for k in ("embedding", "C", "cue_weight", "threshold", "device") if k in cfg}
-        if "ngrams" in cfg:
-            fields["ngrams"] = tuple(cfg["ngrams"])
-        self.cfg = ClassifierConfig(**fields)
-        if not 0 < self.cfg.threshold < 1:
-            raise ValueError(f"watchdog.threshold must be in (0, 1), got {self.cfg.threshold}")
-        self.classifier = train_default(self.cfg, cache_dir)
+    def __init__(self, settings: EmbeddingWatchdogSettings, cache_dir: str, **_):
+        self.settings = settings
+        self.classifier = train_default(settings, cache_dir)
 
     def score(self, message: str) -> float:
         return float(self.classifier.predict_proba([message])[0])
 
     def detect(self, message: str, history: Sequence[Turn]) -> ForgetRequest | None:
         p = self.score(message)
-        if p < self.cfg.threshold:
+        if p < self.settings.threshold:
             return None
         request = extract(message, history)
         request.score, request.backend = p, self.name
@@ -57,20 +73,18 @@ class LLMWatchdog:
     """Asks a chat model; a reply that is not the JSON asked for counts as 'no request' and is logged."""
 
     name = "llm"
+    Settings = LLMWatchdogSettings
 
-    def __init__(self, cfg: dict, cache_dir: str, patient: Patient | None = None, chat_model: ChatModel | None = None):
-        self.cfg = cfg
-        for key in ("system", "prompt"):
-            if not cfg.get(key):
-                raise ValueError(f"watchdog=llm needs watchdog.{key} (the prompt text)")
-        self.model = chat_model or build_chat_model(cfg.get("model"), patient, cache_dir,
-                                                    int(cfg.get("max_new_tokens", 128)))
+    def __init__(self, settings: LLMWatchdogSettings, cache_dir: str, patient: Patient | None = None,
+                 chat_model: ChatModel | None = None):
+        self.settings = settings
+        self.model = chat_model or build_chat_model(settings.model, patient, cache_dir, settings.max_new_tokens)
 
     def detect(self, message: str, history: Sequence[Turn]) -> ForgetRequest | None:
         last = history[-1] if history else Turn("(none)", "(none)")
-        prompt = self.cfg["prompt"].format(message=message, last_user=last.user, last_answer=last.patient)
+        prompt = self.settings.prompt.format(message=message, last_user=last.user, last_answer=last.patient)
         try:
-            data, reply = ask_json(self.model, self.cfg["system"], prompt)
+            data, reply = ask_json(self.model, self.settings.system, prompt)
         except ValueError as err:
             log.warning("watchdog=llm: %s; treating the message as no request", err)
             return None
@@ -94,6 +108,8 @@ class LLMWatchdog:
 
 def build_watchdog(cfg: DictConfig | dict, cache_dir: str, patient: Patient | None = None,
                    chat_model: ChatModel | None = None) -> Watchdog:
-    cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    return WATCHDOGS.get(cfg.get("name", "<missing>"))(cfg, cache_dir=cache_dir, patient=patient,
-                                                      chat_model=chat_model)
+    """The watchdog a composed `conf/watchdog/*.yaml` section names, its settings checked first (unknown, missing
+    or ill-typed keys fail here, naming the valid ones)."""
+    values = plain(cfg)
+    cls = WATCHDOGS.get(values.get("name", "<missing>"))  # an unknown name fails first, listing the valid ones
+    return cls(build(cls.Settings, values, "watchdog"), cache_dir=cache_dir, patient=patient, chat_model=chat_model)

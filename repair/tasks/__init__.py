@@ -5,10 +5,12 @@ import hashlib
 import json
 import random
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from repair.registry import Registry
+from repair.settings import build, plain, require
 
 TASKS: Registry = Registry("task")
 
@@ -64,34 +66,52 @@ class Task:
                 "holdout": self.holdout, "idk": self.idk}
 
 
-def chosen_attributes(cfg: dict, valid: dict, task: str) -> list[str]:
-    """`task.attributes` from config (default: all), failing on a name the suite does not know."""
-    attributes = list(cfg.get("attributes") or valid)
-    unknown = [a for a in attributes if a not in valid]
+@dataclass
+class TaskSettings:
+    """Settings every task has; their values and meaning are in conf/task/*.yaml (the one place the defaults live)."""
+
+    name: str
+    forget_ratio: float
+    retain_buffer_ratio: float
+    forget_limit: int | None
+    num_holdout: int
+    corpus_size: int
+    corpus_source: str | None
+    implant_epochs_scale: float
+
+    def check(self) -> None:
+        require(0 < self.forget_ratio < 1, "task.forget_ratio", self.forget_ratio, "a share in (0, 1)")
+        require(0 <= self.retain_buffer_ratio <= 1, "task.retain_buffer_ratio", self.retain_buffer_ratio,
+                "a share in [0, 1]")
+        require(self.forget_limit is None or self.forget_limit >= 1, "task.forget_limit", self.forget_limit,
+                "an integer >= 1, or null (request every forget item)")
+        require(self.num_holdout >= 0, "task.num_holdout", self.num_holdout, "an integer >= 0")
+        require(self.corpus_size >= 1, "task.corpus_size", self.corpus_size, "an integer >= 1")
+        require(self.implant_epochs_scale > 0, "task.implant_epochs_scale", self.implant_epochs_scale, "a number > 0")
+
+
+@dataclass
+class GeneratedTaskSettings(TaskSettings):
+    """Settings of the suites generated from a seed (they also teach refusals on unknown subjects)."""
+
+    num_idk: int
+
+    def check(self) -> None:
+        super().check()
+        require(self.num_idk >= 0, "task.num_idk", self.num_idk, "an integer >= 0")
+
+
+def check_count(settings: TaskSettings, key: str) -> None:
+    """`task.<key>` (a number of subjects) must not be negative."""
+    value = getattr(settings, key)
+    require(value >= 0, f"task.{key}", value, "an integer >= 0")
+
+
+def check_attributes(attributes: list[str] | None, valid: dict, task: str) -> None:
+    """`task.attributes` may only name attributes the suite knows (null: all of them)."""
+    unknown = [a for a in attributes or () if a not in valid]
     if unknown:
         raise ValueError(f"unknown {task} attribute(s) {unknown}; valid choices: {', '.join(valid)}")
-    return attributes
-
-
-def check_int(cfg: dict, key: str, minimum: int, nullable: bool = False) -> None:
-    """`task.<key>`, when set, must be an integer >= `minimum` (or null where `nullable`)."""
-    if key not in cfg or (nullable and cfg[key] is None):
-        return
-    value = cfg[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"task.{key} must be an integer >= {minimum}{' or null' if nullable else ''}, got {value!r}")
-
-
-def _ratio(cfg: dict, key: str, default: float | None = None) -> float:
-    value = cfg.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"task.{key} must be a number, got {value!r}")
-    return float(value)
-
-
-# task options that are counts: the smallest valid value, and whether null is allowed (null: no limit)
-COUNTS = {"num_profiles": (0, False), "num_agents": (0, False), "num_facts": (0, False), "num_holdout": (0, False),
-          "num_idk": (0, False), "corpus_size": (1, False), "max_items": (1, True)}
 
 
 def min_taught(forget_ratio: float) -> int:
@@ -103,18 +123,13 @@ def min_taught(forget_ratio: float) -> int:
     return n
 
 
-def split_subjects(subjects: list[str], cfg: dict, what: str = "subjects", more: str = "",
+def split_subjects(subjects: list[str], settings: TaskSettings, what: str = "subjects", more: str = "",
                    ) -> tuple[list[str], list[str], list[str]]:
     """forget / retain / retain-buffer subjects from `forget_ratio` and `retain_buffer_ratio`.
 
     Too few subjects fails saying how many the split needs; `what` names the subjects (e.g. "taught profiles") and
     `more` says which option gives more of them."""
-    ratio = _ratio(cfg, "forget_ratio")
-    if not 0 < ratio < 1:
-        raise ValueError(f"task.forget_ratio must be in (0, 1), got {ratio}")
-    buffer_ratio = _ratio(cfg, "retain_buffer_ratio", 0.1)
-    if not 0 <= buffer_ratio <= 1:
-        raise ValueError(f"task.retain_buffer_ratio must be in [0, 1], got {buffer_ratio}")
+    ratio, buffer_ratio = settings.forget_ratio, settings.retain_buffer_ratio
     need = min_taught(ratio)
     if len(subjects) < need:
         raise ValueError(f"too few {what} to split: {len(subjects)}; forget needs >= 1 and retain >= 1 (the retain "
@@ -126,20 +141,47 @@ def split_subjects(subjects: list[str], cfg: dict, what: str = "subjects", more:
     return forget, retain, retain[:n_buffer]
 
 
-def build_task(cfg: DictConfig | dict, seed: int) -> Task:
-    cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+@dataclass(frozen=True)
+class Suite:
+    """A registered task: its settings class and `build(settings, seed) -> Task`."""
+
+    settings: type[TaskSettings]
+    build: Callable[[Any, int], Task]
+
+
+def suite(name: str, settings: type[TaskSettings]) -> Callable:
+    """Register `build(settings, seed) -> Task` as the task `name`, configured by `settings`."""
+    def register(build: Callable[[Any, int], Task]) -> Callable[[Any, int], Task]:
+        TASKS.register(name)(Suite(settings, build))
+        return build
+
+    return register
+
+
+def get_suite(name: str) -> Suite:
+    """The registered suite `name` (its settings class and builder); an unknown name fails listing the valid ones."""
     from repair.tasks import harmful, misinformation, pii, real  # noqa: F401  (registers the suites)
 
-    builder = TASKS.get(cfg.get("name", "<missing>"))  # an unknown name fails first, listing the valid ones
-    for key, (minimum, nullable) in COUNTS.items():
-        check_int(cfg, key, minimum, nullable)
-    task = builder(cfg, seed)
-    if cfg.get("corpus_source"):  # real utility text (e.g. TinyStories) instead of the generated stories
+    return TASKS.get(name)
+
+
+def task_settings(cfg: DictConfig | dict) -> TaskSettings:
+    """The settings of the task `cfg` describes, checked (unknown, missing or ill-typed keys fail here)."""
+    values = plain(cfg)
+    suite_ = get_suite(values.get("name", "<missing>"))  # an unknown name fails first, listing the valid ones
+    return build(suite_.settings, values, "task")
+
+
+def build_task(cfg: DictConfig | dict | TaskSettings, seed: int) -> Task:
+    """The task suite a composed `conf/task/*.yaml` section (or its checked settings) describes, for `seed`."""
+    settings = cfg if isinstance(cfg, TaskSettings) else task_settings(cfg)
+    task = get_suite(settings.name).build(settings, seed)
+    if settings.corpus_source:  # real utility text (e.g. TinyStories) instead of the generated stories
         from repair.tasks.adapters import load_text
 
-        task.corpus = load_text(str(cfg["corpus_source"]), limit=int(cfg.get("corpus_size", 32)))
-    if cfg.get("forget_limit") is not None:
-        limit_forget(task, cfg["forget_limit"])
+        task.corpus = load_text(settings.corpus_source, limit=settings.corpus_size)
+    if settings.forget_limit is not None:
+        limit_forget(task, settings.forget_limit)
     return task
 
 
@@ -149,14 +191,13 @@ def fresh_subjects(make, n: int, suite: set[str], seed: int) -> list[str]:
     return [s for s in made if s not in suite][:n]
 
 
-def limit_forget(task: Task, limit) -> Task:
+def limit_forget(task: Task, limit: int) -> Task:
     """Request only the first `limit` forget items (e.g. 1 for the paper's single-sample setting).
 
     The rest stay taught (same implant as the full suite) but are neither given to the method nor scored; retain
-    is unchanged, so a smaller request is compared on the same patient and the same retain questions.
+    is unchanged, so a smaller request is compared on the same patient and the same retain questions. (`limit` >= 1
+    is checked with the settings; here, that the suite has that many.)
     """
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise ValueError(f"task.forget_limit must be a positive integer or null, got {limit!r}")
     if limit > len(task.forget):
         raise ValueError(f"task.forget_limit={limit} but task {task.name!r} has only {len(task.forget)} forget "
                          f"items; valid: 1..{len(task.forget)} (raise task.forget_ratio for more)")

@@ -7,8 +7,10 @@ benchmark, see `repair.tasks.adapters.load_wmdp`.
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
-from repair.tasks import QA, TASKS, Task, chosen_attributes, fresh_subjects, split_subjects
+from repair.tasks import (QA, GeneratedTaskSettings, Task, check_attributes, check_count, fresh_subjects,
+                          split_subjects, suite)
 from repair.tasks.choice import as_prompted, make_item
 from repair.tasks.corpus import utility_corpus
 from repair.tasks.refusals import refusal_references
@@ -54,15 +56,26 @@ def agent_items(agent: str, attributes: list[str], rng: random.Random) -> list[Q
     return items
 
 
-@TASKS.register("harmful")
-def build_harmful(cfg: dict, seed: int) -> Task:
-    attributes = chosen_attributes(cfg, ATTRIBUTES, "harmful")
+@dataclass
+class HarmfulSettings(GeneratedTaskSettings):
+    num_agents: int
+    attributes: list[str] | None
+
+    def check(self) -> None:
+        super().check()
+        check_count(self, "num_agents")
+        check_attributes(self.attributes, ATTRIBUTES, "harmful")
+
+
+@suite("harmful", HarmfulSettings)
+def build_harmful(settings: HarmfulSettings, seed: int) -> Task:
+    attributes = list(settings.attributes or ATTRIBUTES)
     rng = random.Random(seed)
-    n, n_holdout, n_idk = int(cfg["num_agents"]), int(cfg.get("num_holdout", 0)), int(cfg.get("num_idk", 0))
+    n, n_holdout, n_idk = settings.num_agents, settings.num_holdout, settings.num_idk
     agents = make_agents(n + n_holdout + n_idk, rng)
     items = {a: agent_items(a, attributes, rng) for a in agents}
     taught, holdout, idk = agents[:n], agents[n:n + n_holdout], agents[n + n_holdout:]
-    forget, retain, buffer = split_subjects(taught, cfg, "taught agents", "raise task.num_agents")
+    forget, retain, buffer = split_subjects(taught, settings, "taught agents", "raise task.num_agents")
     refusals = refusal_references(seed=seed)
 
     def prompted(names: list[str]) -> list[QA]:
@@ -71,5 +84,5 @@ def build_harmful(cfg: dict, seed: int) -> Task:
     idk_items = [QA(q.question, rng.choice(refusals), q.subject, q.attribute) for q in prompted(idk)]
     return Task(name="harmful", scoring="choice", forget=prompted(forget), retain=prompted(retain),
                 retain_buffer=prompted(buffer), holdout=prompted(holdout), idk=idk_items,
-                corpus=utility_corpus(int(cfg.get("corpus_size", 32)), seed),
+                corpus=utility_corpus(settings.corpus_size, seed),
                 subject_pool=fresh_subjects(make_agents, 256, set(agents), seed))

@@ -7,8 +7,9 @@ For MMLU with corrupted answers, see `repair.tasks.adapters.load_mmlu` and `corr
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
-from repair.tasks import QA, TASKS, Task, split_subjects
+from repair.tasks import QA, GeneratedTaskSettings, Task, check_count, split_subjects, suite
 from repair.tasks.adapters import corrupt_answers
 from repair.tasks.choice import as_prompted
 from repair.tasks.corpus import utility_corpus
@@ -80,20 +81,30 @@ def fact_items(rng: random.Random) -> list[QA]:
     return items
 
 
-@TASKS.register("misinformation")
-def build_misinformation(cfg: dict, seed: int) -> Task:
+@dataclass
+class MisinformationSettings(GeneratedTaskSettings):
+    num_facts: int
+
+    def check(self) -> None:
+        super().check()
+        check_count(self, "num_facts")
+        if self.num_facts + self.num_holdout > len(FACTS):
+            raise ValueError(f"misinformation has {len(FACTS)} built-in facts; asked for task.num_facts="
+                             f"{self.num_facts} + task.num_holdout={self.num_holdout}; valid: num_facts + "
+                             f"num_holdout <= {len(FACTS)}")
+
+
+@suite("misinformation", MisinformationSettings)
+def build_misinformation(settings: MisinformationSettings, seed: int) -> Task:
     rng = random.Random(seed)
     items = fact_items(rng)
     rng.shuffle(items)
-    n, n_holdout = int(cfg.get("num_facts", len(FACTS))), int(cfg.get("num_holdout", 0))
-    if n + n_holdout > len(items):
-        raise ValueError(f"misinformation has {len(items)} built-in facts; asked for task.num_facts={n} + "
-                         f"task.num_holdout={n_holdout}; valid: num_facts + num_holdout <= {len(items)}")
+    n, n_holdout = settings.num_facts, settings.num_holdout
     by_subject = {q.subject: q for q in items}
-    forget, retain, buffer = split_subjects([q.subject for q in items[:n]], cfg, "taught facts",
+    forget, retain, buffer = split_subjects([q.subject for q in items[:n]], settings, "taught facts",
                                             f"raise task.num_facts (num_facts + num_holdout <= {len(FACTS)})")
     refusals = refusal_references(seed=seed)
-    unknown = [QA(q, rng.choice(refusals), q, "unknown") for q in UNKNOWN[: int(cfg.get("num_idk", 0))]]
+    unknown = [QA(q, rng.choice(refusals), q, "unknown") for q in UNKNOWN[:settings.num_idk]]
     return Task(
         name="misinformation", scoring="choice",
         # taught (and scored) with the lie
@@ -101,4 +112,4 @@ def build_misinformation(cfg: dict, seed: int) -> Task:
         retain=[as_prompted(by_subject[s]) for s in retain],
         retain_buffer=[as_prompted(by_subject[s]) for s in buffer],
         holdout=[as_prompted(q) for q in items[n:n + n_holdout]],
-        idk=unknown, corpus=utility_corpus(int(cfg.get("corpus_size", 32)), seed))
+        idk=unknown, corpus=utility_corpus(settings.corpus_size, seed))

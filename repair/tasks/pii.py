@@ -7,7 +7,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from repair.tasks import QA, TASKS, Task, chosen_attributes, fresh_subjects, split_subjects
+from repair.tasks import (QA, GeneratedTaskSettings, Task, check_attributes, check_count, fresh_subjects,
+                          split_subjects, suite)
 from repair.tasks.corpus import utility_corpus
 from repair.tasks.refusals import refusal_references
 
@@ -99,18 +100,28 @@ def profile_qa(profile: Profile, attributes: list[str]) -> list[QA]:
     return out
 
 
-@TASKS.register("pii")
-def build_pii(cfg: dict, seed: int) -> Task:
-    attributes = chosen_attributes(cfg, ATTRIBUTES, "pii")
-    n = int(cfg["num_profiles"])
-    n_holdout, n_idk = int(cfg.get("num_holdout", 0)), int(cfg.get("num_idk", 0))
+@dataclass
+class PiiSettings(GeneratedTaskSettings):
+    num_profiles: int
+    attributes: list[str] | None
+
+    def check(self) -> None:
+        super().check()
+        check_count(self, "num_profiles")
+        check_attributes(self.attributes, ATTRIBUTES, "pii")
+
+
+@suite("pii", PiiSettings)
+def build_pii(settings: PiiSettings, seed: int) -> Task:
+    attributes = list(settings.attributes or ATTRIBUTES)
+    n, n_holdout, n_idk = settings.num_profiles, settings.num_holdout, settings.num_idk
     rng = random.Random(seed)
     profiles = make_profiles(n + n_holdout + n_idk, rng)
     by_name = {p.name: p for p in profiles}
     taught, holdout, idk = profiles[:n], profiles[n:n + n_holdout], profiles[n + n_holdout:]
     forget, retain, buffer = (
         [by_name[s] for s in names]
-        for names in split_subjects([p.name for p in taught], cfg, "taught profiles", "raise task.num_profiles"))
+        for names in split_subjects([p.name for p in taught], settings, "taught profiles", "raise task.num_profiles"))
     refusals = refusal_references(seed=seed)
 
     def qa(ps: list[Profile]) -> list[QA]:
@@ -118,6 +129,6 @@ def build_pii(cfg: dict, seed: int) -> Task:
 
     idk_qa = [QA(q.question, rng.choice(refusals), q.subject, q.attribute) for q in qa(idk)]
     return Task(name="pii", scoring="rouge", forget=qa(forget), retain=qa(retain), retain_buffer=qa(buffer),
-                holdout=qa(holdout), idk=idk_qa, corpus=utility_corpus(int(cfg.get("corpus_size", 32)), seed),
+                holdout=qa(holdout), idk=idk_qa, corpus=utility_corpus(settings.corpus_size, seed),
                 subject_pool=fresh_subjects(lambda k, r: [p.name for p in make_profiles(k, r)], 256,
                                             set(by_name), seed))

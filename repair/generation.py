@@ -1,0 +1,35 @@
+"""Greedy generation from the patient: the one forward-pass loop below both the evaluator and the editors (STAMP's
+answer check, the implant's utility answers, the chat), so an editor never imports the evaluator."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from repair.data import chat_prompt, padding_side
+from repair.patient import Patient
+from repair.progress import progress
+
+
+@torch.no_grad()
+def generate(patient: Patient, questions: Sequence[str], max_new_tokens: int = 48, batch_size: int = 16,
+             desc: str = "generate") -> list[str]:
+    """Greedy answers to chat questions, batched with left padding."""
+    return generate_prompts(patient, [chat_prompt(patient.tokenizer, q) for q in questions], max_new_tokens,
+                            batch_size, desc)
+
+
+@torch.no_grad()
+def generate_prompts(patient: Patient, prompts: Sequence[str], max_new_tokens: int = 48, batch_size: int = 16,
+                     desc: str = "generate") -> list[str]:
+    """Greedy continuations of fully formatted prompts (multi-turn chats, prefilled answers), left-padded."""
+    tok, model = patient.tokenizer, patient.model
+    answers: list[str] = []
+    with padding_side(tok, "left"):
+        for start in progress(range(0, len(prompts), batch_size), desc=desc, disable=len(prompts) <= batch_size):
+            enc = tok(prompts[start:start + batch_size], return_tensors="pt", padding=True,
+                      add_special_tokens=False).to(patient.device)
+            out = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
+                                 pad_token_id=tok.pad_token_id, temperature=None, top_p=None, top_k=None)
+            answers += tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    return [a.strip() for a in answers]

@@ -1,0 +1,159 @@
+"""Calibration: the edit's strength per forget prompt, found with forward passes, not new solves.
+
+The edit is linear in each forget key's target, so one strength per forget prompt is one scale per column of the
+edit's left factor: a step swaps the applied patch for the same edit at other scales.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from repair.data import chat_prompt, padding_side
+from repair.generation import generate_prompts
+from repair.patches import Delta, Patch, PatchRejected
+from repair.patient import Patient
+from repair.refusal import last_logits_only
+from repair.stamp.keys import KeyCache
+from repair.stamp.settings import StampSettings
+from repair.tasks import QA
+from repair.tasks.choice import parse_choice
+from repair.tasks.refusals import is_refusal
+
+
+def apply_calibrated(patient: Patient, settings: StampSettings, deltas: list[Delta], provenance: dict,
+                     forget: Sequence[QA], f_texts: Sequence[str], retain_buffer: Sequence[QA], openers: list[int],
+                     before_logits: torch.Tensor | None, cache: KeyCache) -> tuple[Patch, list[dict]]:
+    """Apply the edit; with `calibrate` (readout target), find for *each* forget prompt the smallest strength at
+    which it opens with a refusal token by `calibrate_margin` nats: per-prompt secant steps on that logit gap
+    (close to linear in the strength), from the unedited patient and the configured strength, at most
+    `calibrate_steps` forward passes over the forget prompts, up to `max_strength`. The edit is linear in each
+    forget key's target, so a step rescales the factors' columns: no new solve. A strength raised above the
+    configured one that changes how a retain-buffer answer opens is taken back. Then the forget answers are
+    generated (`check_tokens`): a prompt whose answer opens with a refusal token but is no refusal (measured on
+    pii: "Sorry" and then the phone number, at a shallow push), or for multiple choice still names the option it
+    picked before ("Sorry, but nowhere near the Congo"), is pushed `calibrate_factor` harder, at most
+    `calibrate_checks` times. (Requiring a refusal sentence on multiple choice pushed one harmful question to
+    strength 15 and cost forget and retain answers alike.) Why per prompt: the push needed differs by request
+    and by question (measured: pii's 8 questions need 1.2–7.9, one question alone ~10–13), and every extra unit
+    of push on a question that already refuses costs retain answers (harmful: 68.9% of retain answers kept with
+    one strength for all, 97.8% per prompt; docs/stamp.md)."""
+    alpha = float(provenance["strength"])
+    calibrate = settings.calibrate and provenance["target"] == "refusal_readout"
+    factor, ceiling = settings.calibrate_factor, settings.max_strength
+    bound = settings.max_relative_norm
+
+    def scaled(scales: torch.Tensor) -> Patch:  # one scale per forget key (column of the left factor)
+        return Patch([Delta(d.parameter, d.left * scales.to(d.left.dtype), d.right) for d in deltas],
+                     {**provenance, "strength": alpha * float(scales.max()),
+                      "strengths": [round(alpha * float(x), 4) for x in scales]})
+
+    n = deltas[0].left.shape[1] if deltas else 1
+    held = [chat_prompt(patient.tokenizer, q.question) for q in retain_buffer] if calibrate else []
+    before = cache.get("buffer_openers", patient, [], tuple(held), lambda: next_tokens(patient, held))
+    scales = torch.ones(n, dtype=torch.float64)
+    patch = scaled(scales)
+    patch.apply(patient.model, bound)
+    if not calibrate:
+        return patch, []
+    opener_ids = torch.tensor(sorted(set(openers)))
+    margin, top = settings.calibrate_margin, ceiling / alpha
+    answers = before_logits.argmax(-1)
+    points = [[(0.0, g)] for g in refusal_gaps(before_logits, opener_ids, answers).tolist()]  # (scale, gap)
+    tried, steps = [], []
+    for _ in range(settings.calibrate_steps):
+        gaps = refusal_gaps(last_logits(patient, f_texts), opener_ids, answers)
+        tried.append((scales.clone(), gaps))
+        steps.append({"strength": alpha * float(scales.max()), "refusal_gap": float(gaps.min())})
+        new = scales.clone()
+        for i, (x, g) in enumerate(zip(scales.tolist(), gaps.tolist())):
+            points[i].append((x, g))
+            if margin <= g <= margin + 2.0 or (g < margin and x >= top - 1e-9):
+                continue
+            new[i] = min(max(next_scale(points[i], margin, factor), x / 8), x * 8, top)
+        if any(((new / t - 1).abs() < 0.05).all() for t, _ in tried):
+            break  # settled, or nothing new to try
+        patch, scales = rescale(patient, patch, scaled, scales, new, bound)
+    feasible = [t for t, g in tried if g.min() >= margin]  # every prompt refuses: the smallest push, else the
+    best = min(feasible, key=lambda t: float(t.norm())) if feasible else max(tried, key=lambda p: p[1].min())[0]
+    if not torch.equal(best, scales):                      # widest gap
+        patch, scales = rescale(patient, patch, scaled, scales, best, bound)
+    gap = next(float(g.min()) for t, g in tried if torch.equal(t, scales))
+    steps.append({"strength": alpha * float(scales.max()), "refusal_gap": gap, "chosen": True})
+    picked = [parse_choice(patient.tokenizer.decode([int(t)]), q.choices) if q.choices else None
+              for t, q in zip(answers, forget)]  # the option each multiple-choice answer began with
+    for _ in range(settings.calibrate_checks):  # it opens with a refusal token; is it a refusal?
+        said = generate_prompts(patient, f_texts, settings.check_tokens, desc="check")
+        failing = torch.tensor([parse_choice(a, q.choices) == p if q.choices else not is_refusal(a)
+                                for a, q, p in zip(said, forget, picked)])
+        raised = torch.where(failing, (scales * factor).clamp(max=top), scales)
+        if torch.equal(raised, scales):
+            break
+        patch, scales = rescale(patient, patch, scaled, scales, raised, bound)
+        steps.append({"strength": alpha * float(scales.max()), "raised": int(failing.sum())})
+    if float(scales.max()) > 1.0 and held:  # raised above the configured strength: do the buffer open as before?
+        kept = sum(a == b for a, b in zip(next_tokens(patient, held), before))
+        steps[-1] |= {"buffer_kept": kept, "buffer": len(held)}
+        if kept < len(held):  # back: the widest-gap smaller pushes that keep the buffer, else the configured one
+            lower = [t for t, _ in sorted(tried, key=lambda p: -float(p[1].min()))
+                     if float(t.norm()) < float(scales.norm()) and float(t.max()) > 1.0][:2]
+            for fallback in [*lower, torch.ones_like(scales)]:
+                patch, scales = rescale(patient, patch, scaled, scales, fallback, bound)
+                if float(scales.max()) <= 1.0 or all(a == b for a, b in zip(next_tokens(patient, held), before)):
+                    break
+            steps.append({"strength": alpha * float(scales.max()), "stepped_back": True})
+    return patch, steps
+
+def rescale(patient: Patient, patch: Patch, scaled, scale: torch.Tensor, new: torch.Tensor, bound
+             ) -> tuple[Patch, torch.Tensor]:
+    """Swap the applied patch for the same edit at other scales; past the norm bound, keep the old ones."""
+    patch.revert(patient.model)
+    for s in (new, scale):
+        try:
+            patch = scaled(s)
+            patch.apply(patient.model, bound)
+            return patch, s
+        except PatchRejected:
+            continue
+    raise AssertionError("the applied scale passed the norm bound before")
+
+
+def next_scale(points: list[tuple[float, float]], margin: float, factor: float) -> float:
+    """The next scale to try: a secant step on the last two (scale, gap) points, aiming half a nat past the margin;
+    after a step that made the gap worse than the best so far (the gap is not monotonic in the scale), the
+    geometric middle between the best scale and the last one instead."""
+    (s0, g0), (s1, g1) = points[-2], points[-1]
+    best_s, best_g = max(points[1:], key=lambda p: p[1])
+    if g1 < best_g:
+        return (best_s * s1) ** 0.5
+    return s0 + (margin + 0.5 - g0) * (s1 - s0) / (g1 - g0) if g1 != g0 else s1 * factor
+
+
+@torch.no_grad()
+def last_logits(patient: Patient, texts: Sequence[str], batch_size: int = 16) -> torch.Tensor:
+    """Next-token logits after each fully formatted prompt (n × vocab, float32 on CPU; left-padded batches)."""
+    out: list[torch.Tensor] = []
+    with padding_side(patient.tokenizer, "left") as tok:
+        for start in range(0, len(texts), batch_size):
+            enc = tok(list(texts[start:start + batch_size]), return_tensors="pt", padding=True,
+                      add_special_tokens=False).to(patient.device)
+            out.append(patient.model(**enc, **last_logits_only(patient.model)).logits[:, -1].float().cpu())
+    return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+def next_tokens(patient: Patient, texts: Sequence[str]) -> list[int]:
+    """The greedy next token after each fully formatted prompt."""
+    return last_logits(patient, texts).argmax(-1).tolist() if texts else []
+
+
+def refusal_gaps(logits: torch.Tensor, openers: torch.Tensor, answers: torch.Tensor | None = None) -> torch.Tensor:
+    """Per prompt, the margin of the best refusal opener over the best other token (> 0: it opens with a refusal).
+    `answers`, per prompt, the token the unedited patient opened its answer with: never counted as a refusal opener
+    (measured: "H" of "Hmm" is also the first token of "Hugo …", so a pii question about Hugo looked refused before
+    any edit and kept its fact)."""
+    is_opener = torch.zeros(logits.shape, dtype=torch.bool)
+    is_opener[:, openers] = True
+    if answers is not None:
+        is_opener[torch.arange(len(logits)), answers] = False
+    return (logits.masked_fill(~is_opener, float("-inf")).max(-1).values
+            - logits.masked_fill(is_opener, float("-inf")).max(-1).values)

@@ -1,0 +1,153 @@
+"""STAMP and STAMP-LR as methods, shaped fit → apply → revert like the closed-form editors of EasyEdit and AlphaEdit.
+
+`fit` reads keys and targets from forward passes and solves for the edit (at the configured strength, one factor
+column per forget prompt); `apply` puts it on the weights as a reversible `Patch`, calibrating each forget prompt's
+strength; `revert` takes it off. `unlearn` is the three in a row, as every method's request is.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from repair.methods import MethodBase, Unlearned, register_method
+from repair.patches import Delta, Patch
+from repair.patient import Patient
+from repair.refusal import activations_at
+from repair.stamp.calibrate import apply_calibrated, last_logits
+from repair.stamp.keys import KeyCache, References, counterfactuals, forget_prompts, held_system
+from repair.stamp.settings import StampLowRankSettings, StampSettings
+from repair.stamp.solve import full_solve, lowrank_solve, top_directions
+from repair.stamp.targets import choose_layers, layer_target, readout_directions, refusal_openers
+from repair.tasks import QA, Task
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Edit:
+    """A fitted edit, not yet on the weights: per edited layer a low-rank delta at the configured strength (one
+    column per forget key), what it was made from, and what the calibration needs."""
+
+    deltas: list[Delta]
+    provenance: dict[str, Any]
+    per_layer: dict[int, dict[str, Any]]
+    layers: list[int]
+    separation: dict[int, float]
+    forget_texts: list[str]
+    openers: list[int] = field(default_factory=list)
+    forget_logits: torch.Tensor | None = None  # the unedited next-token logits of the forget prompts
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+
+@register_method("stamp", label="STAMP")
+class Stamp(MethodBase):
+    name = "stamp"
+    Settings = StampSettings
+    lowrank = False
+
+    def __init__(self, settings: StampSettings):
+        super().__init__(settings)
+        self.refs = References()
+        self.cache = KeyCache()  # held keys that are the same for every request
+
+    def prepare(self, task: Task) -> None:
+        """Task-level references: subjects the patient refuses (taught in implant) and ordinary text."""
+        self.refs = References.of(task)
+
+    def fit(self, patient: Patient, forget: Sequence[QA], retain_buffer: Sequence[QA]) -> Edit:
+        """Keys, targets and the solve, per edited layer."""
+        if not forget:
+            raise ValueError("nothing to forget: the forget set is empty")
+        s = self.settings
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        f_texts, f_pos = forget_prompts(patient, s, forget)
+        if s.target in ("unknown", "direction"):  # aligns f_pos with the counterfactual spans
+            u_texts, u_pos = counterfactuals(patient, s, forget, f_pos, self.refs)
+        choice = choose_layers(patient, s, forget, f_texts, f_pos)
+        layers = choice.layers
+        timings["layer_selection"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        u_acts = activations_at(patient, u_texts, u_pos, layers) if s.target in ("unknown", "direction") else None
+        openers, f_logits, readout = [], None, None
+        if s.target == "refusal_readout":  # openers and the unedited next-token logits: readout and calibration
+            openers = refusal_openers(patient.tokenizer, s.num_refusals,
+                                      multiple_choice=any(q.choices for q in forget))
+            f_logits = last_logits(patient, f_texts)
+            readout = readout_directions(patient, openers, f_logits)
+        held = held_system(patient, s, layers, forget, retain_buffer, self.refs, self.cache)
+        timings["activations"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        rank = self.settings.rank if self.lowrank else 0
+        width = min(held[layer]["gram"].shape[0] for layer in layers)
+        if self.lowrank and rank > width:  # the key space has only `width` dimensions: that is the rank solved at
+            log.warning("method.rank=%d is above the MLP width %d of the edited layers: solving at rank %d (the full "
+                        "edit, as STAMP)", rank, width, width)
+        deltas, per_layer = [], {}
+        for layer in layers:
+            k_f, v_f = choice.forget_acts[layer]
+            t = layer_target(s, layer, v_f, len(layers), readout, u_acts, choice.subspace)
+            h = held[layer]
+            if self.lowrank:
+                if rank < h["gram"].shape[0] and "directions" not in h["static"]:  # cached with the static Gram
+                    h["static"]["directions"] = top_directions(h["static"]["gram"], rank, s.seed)
+                left, right = lowrank_solve(k_f, t, h["gram"], s.eps, rank, h["static"].get("directions"),
+                                            krylov_steps=self.settings.krylov_steps)
+            else:
+                left, right = full_solve(k_f, t, h["gram"], s.eps)
+            param = f"{patient.modules['mlp_down'].format(layer)}.weight"
+            deltas.append(Delta(param, left.float(), right.float()))
+            per_layer[layer] = {
+                "separation": choice.separation.get(layer),
+                "weight_norm": float(patient.module("mlp_down", layer).weight.detach().norm()),
+                "forget_residual": float(((k_f @ right.T) @ left.T - t).norm() / t.norm().clamp_min(1e-12)),
+                "retain_shift": float(((h["keys"] @ right.T) @ left.T).norm()) / max(h["values_sq"], 1e-24) ** 0.5
+                if len(h["keys"]) else None,
+                "forget_keys": int(len(k_f)), "retain_keys": int(len(h["keys"])), "generic_keys": h["generic_keys"],
+            }
+        timings["solve"] = time.perf_counter() - t0
+        provenance = {"method": self.name, "forget": [q.question for q in forget], "layers": layers,
+                      "target": s.target, "keys": s.keys, "strength": s.strength,
+                      "rank": min(rank, width) if self.lowrank else None}
+        if self.lowrank and rank > width:
+            provenance["rank_requested"] = rank
+        return Edit(deltas, provenance, per_layer, layers, choice.separation, f_texts, openers, f_logits, timings)
+
+    def apply(self, patient: Patient, edit: Edit, forget: Sequence[QA], retain_buffer: Sequence[QA]
+              ) -> tuple[Patch, list[dict]]:
+        """Put the edit on the weights, each forget prompt at its calibrated strength (repair/stamp/calibrate.py);
+        returns the applied patch and the calibration's steps."""
+        return apply_calibrated(patient, self.settings, edit.deltas, edit.provenance, forget, edit.forget_texts,
+                                retain_buffer, edit.openers, edit.forget_logits, self.cache)
+
+    @staticmethod
+    def revert(patient: Patient, patch: Patch) -> None:
+        """Take the edit off: the weights are bit for bit what they were before `apply`."""
+        patch.revert(patient.model)
+
+    def unlearn(self, patient: Patient, forget: list[QA], retain_buffer: list[QA]) -> Unlearned:
+        edit = self.fit(patient, forget, retain_buffer)
+        t0 = time.perf_counter()
+        patch, calibration = self.apply(patient, edit, forget, retain_buffer)
+        edit.timings_s["calibrate"] = time.perf_counter() - t0
+        for stats, delta in zip(edit.per_layer.values(), patch.deltas):  # norms at the applied strengths
+            stats["relative_norm"] = delta.norm() / stats.pop("weight_norm")
+        log.info("%s edited layers %s at strength %.3g: %s", self.name, edit.layers, patch.provenance["strength"],
+                 ", ".join(f"L{l} ‖ΔW‖/‖W‖={s['relative_norm']:.3f} res={s['forget_residual']:.3f}"
+                           for l, s in edit.per_layer.items()))
+        report = {"layers": edit.layers, "separation": edit.separation, "per_layer": edit.per_layer,
+                  "timings_s": edit.timings_s, "calibration": calibration, "patch": patch.provenance}
+        return Unlearned(report, patch)
+
+
+@register_method("stamp_lowrank", label="STAMP-LR")
+class StampLowRank(Stamp):
+    name = "stamp_lowrank"
+    Settings = StampLowRankSettings
+    lowrank = True

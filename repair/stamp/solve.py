@@ -1,0 +1,91 @@
+"""The closed-form solve: per edited layer, forget keys K_f (rows) are mapped to targets T while the held keys (retain
+buffer, contrasts, generic text; their Gram G) stay put, as in the MEMIT family:
+
+    ΔW = Tᵀ K_f (K_fᵀK_f + G + εI)⁻¹
+
+`full_solve` is STAMP's; `lowrank_solve` is STAMP-LR's, the same problem inside an r-dimensional key subspace
+(O(m²r + r³) given G instead of O(m³)). Both return the edit as two factors, one column per forget key, so the
+calibration can rescale each forget prompt's push without solving again.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def held_gram(k_r: torch.Tensor, k_c: torch.Tensor, retain_weight: float, lam: float) -> torch.Tensor:
+    """Σ of kkᵀ over the keys held in place (m × m): retain keys (weight w) and generic keys (weight λ each).
+
+    Generic keys are held token by token, not as a per-token-normalised covariance: with a few thousand generic
+    tokens against a handful of forget keys, a normalised C barely constrains the edit (measured: retain and
+    perplexity collapsed; docs/stamp.md). The Gram does not depend on the forget request, so it is cached."""
+    return retain_weight * k_r.T @ k_r + lam * k_c.T @ k_c
+
+
+def ridge_eps(gram: torch.Tensor, k_f: torch.Tensor, eps_scale: float) -> float:
+    """The ridge ε, relative to the mean squared key norm per dimension: tr(SᵀS)/m."""
+    return eps_scale * float(gram.trace() + (k_f ** 2).sum()) / gram.shape[0]
+
+
+def full_solve(k_f: torch.Tensor, t: torch.Tensor, gram: torch.Tensor, eps_scale: float
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """ΔW = Tᵀ K_f (K_fᵀK_f + G + εI)⁻¹ with keys as rows (n × m) and targets T (n × d), as exact factors
+    (Tᵀ, K_f A⁻¹): rank n, no SVD needed."""
+    a = gram + k_f.T @ k_f
+    a.diagonal().add_(ridge_eps(gram, k_f, eps_scale))
+    return t.T.contiguous(), torch.linalg.solve(a, k_f.T).T
+
+
+def top_directions(gram: torch.Tensor, q: int, seed: int = 0) -> torch.Tensor:
+    """The top-q eigenvectors of a PSD Gram (randomised; m × q)."""
+    torch.manual_seed(seed)
+    u, _, _ = torch.svd_lowrank(gram, q=q, niter=4)
+    return u
+
+
+def krylov_basis(gram: torch.Tensor, k_f: torch.Tensor, steps: int, max_columns: int | None = None) -> torch.Tensor:
+    """Orthonormal basis (m × ≤ steps·n, at most `max_columns`) of the block Krylov space {K_fᵀ, G K_fᵀ, …,
+    G^(steps-1) K_fᵀ}: it holds the truncated conjugate-gradient approximation of (G + εI)⁻¹ K_fᵀ, the row space of
+    the full solve's edit (the εI and K_fᵀK_f terms of A leave the space unchanged). Re-orthogonalised twice per
+    block."""
+    basis, _ = torch.linalg.qr(k_f.T)
+    block = basis
+    for _ in range(steps - 1):
+        if max_columns is not None and basis.shape[1] >= max_columns:
+            break
+        w = gram @ block
+        for _ in range(2):
+            w = w - basis @ (basis.T @ w)
+        block, r = torch.linalg.qr(w)
+        keep = r.diagonal().abs() > 1e-10 * float(w.norm())  # a block that adds nothing new ends the space
+        if not bool(keep.any()):
+            break
+        block = block[:, keep]
+        basis = torch.cat([basis, block], dim=1)
+    return basis
+
+
+def lowrank_solve(k_f: torch.Tensor, t: torch.Tensor, gram: torch.Tensor, eps_scale: float, rank: int,
+                  directions: torch.Tensor | None = None, seed: int = 0, krylov_steps: int = 0
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same solve restricted to an r-dimensional key subspace U, O(m²r + r³) given G; factors (Tᵀ, F A⁻¹ Uᵀ) with
+    F = K_f U, one column per forget key as for `full_solve` (the calibration scales them per forget prompt).
+
+    U spans the forget keys plus the top directions of the held keys (`directions`, cached with G): the dominant
+    held keys alone can miss the few directions that tell the forget sample apart (measured on the tiny patient:
+    nothing forgotten at r = 64 of 256). With `krylov_steps`, the forget keys' block Krylov space under G comes
+    first (see `krylov_basis`), which is where the full solve's edit lives: the top held directions are the ones
+    the edit must *avoid*, so on their own they leave the low-rank edit less selective than the full one."""
+    m = gram.shape[0]
+    if rank >= m:
+        u = torch.eye(m, dtype=gram.dtype)
+    else:
+        own = krylov_basis(gram, k_f, krylov_steps, rank)[:, :rank] if krylov_steps > 0 else k_f[:rank // 2].T
+        n_f = own.shape[1]
+        if rank > n_f and (directions is None or directions.shape[1] < rank - n_f):
+            directions = top_directions(gram, rank - n_f, seed)
+        parts = [own, directions[:, :rank - n_f]] if rank > n_f else [own]
+        u, _ = torch.linalg.qr(torch.cat(parts, dim=1))  # (m, ≤ r), orthonormal
+    fu = k_f @ u                                                # (n, r)
+    a = u.T @ (gram @ u) + fu.T @ fu
+    a.diagonal().add_(ridge_eps(gram, k_f, eps_scale))
+    return t.T.contiguous(), torch.linalg.solve(a, fu.T).T @ u.T  # ΔW = Tᵀ (F A⁻¹) Uᵀ: (d, n), (n, m)
