@@ -23,6 +23,7 @@ from baselines.memory import PeakMemory
 from repair.data import answer_nll, collate, encode
 from repair.methods import MethodBase, MethodSettings, Unlearned
 from repair.patient import Patient
+from repair.progress import Phases
 from repair.settings import require
 from repair.tasks import QA
 from repair.training import (Optimiser, TrainLayers, TrainModules, check_selection, freeze, lr_factor,
@@ -131,14 +132,16 @@ def run_unlearning(method: TrainingMethod, patient: Patient, forget: list[QA], r
                           schedule=lambda step: lr_factor(step, s.max_steps, warmup, s.schedule),
                           lr_setting="method.lr")
     report: dict[str, Any] = {}
+    phase = Phases()
     with PeakMemory() as memory:
         started, cpu_started = time.perf_counter(), time.process_time()
-        forget_examples = encode_examples(patient, forget, s.max_length)
-        use_retain = bool(retain) and s.retain_weight > 0
-        retain_examples = encode_examples(patient, retain, s.max_length) if use_retain else []
+        with phase("encode"):
+            forget_examples = encode_examples(patient, forget, s.max_length)
+            use_retain = bool(retain) and s.retain_weight > 0
+            retain_examples = encode_examples(patient, retain, s.max_length) if use_retain else []
         freeze(model)
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), phase("precompute"):  # NPO's reference log-probabilities, ASU's teacher, ...
             report |= method.precompute(patient, forget, forget_examples, retain_examples) or {}
         forget_batches = shuffled_batches(forget_examples, s.batch_size, rng)
         retain_batches = shuffled_batches(retain_examples, s.batch_size, rng) if use_retain else None
@@ -159,11 +162,13 @@ def run_unlearning(method: TrainingMethod, patient: Patient, forget: list[QA], r
                 return True
             return False
 
-        history = train_steps(model, params, s.max_steps, micro_step, optimiser, method.name, passed_stop)
+        with phase("train"):
+            history = train_steps(model, params, s.max_steps, micro_step, optimiser, method.name, passed_stop)
         train_seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     stopped = stop_nll is not None and bool(history) and history[-1].get("forget_nll", -math.inf) > stop_nll
     # CPU seconds (all threads) next to wall seconds: on a shared machine the wall clock measures the neighbours too
     return {"steps": len(history), "train_seconds": train_seconds, "train_cpu_seconds": cpu_seconds,
             "stopped_early": stopped,
             "final": history[-1] if history else {}, "history": history,
-            "trained_parameters": sum(p.numel() for p in params), "memory": memory.report(), **report}
+            "trained_parameters": sum(p.numel() for p in params), "memory": memory.report(),
+            "phases": phase.seconds, **report}

@@ -60,6 +60,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     method.prepare(task)  # task-level references a method may use (e.g. STAMP's refused subjects)
     unlearned = sequential.unlearn(method, patient, task, cfg)  # one request, or sequential.steps in a row
     unlearn_report = unlearned.report
+    unlearn_report.setdefault("phases", {})  # seconds per phase of the unlearning step (a method without any: {})
     runtime["unlearn"] = time.perf_counter() - t0
     if "sequence" in unlearn_report:  # unlearning time without the evaluations between requests
         runtime["unlearn"] = sum(step["unlearn_s"] for step in unlearn_report["sequence"])
@@ -69,7 +70,8 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     after |= evaluation.utility_benchmarks(patient, cfg.eval)
     runtime["eval_after"] = time.perf_counter() - t0
     runtime["eval"] = runtime["eval_before"] + runtime["eval_after"]
-    log.info("after %s: %s (unlearning took %.1f s)", cfg.method.name, _fmt(after), runtime["unlearn"])
+    log.info("after %s: %s (unlearning took %.1f s%s)", cfg.method.name, _fmt(after), runtime["unlearn"],
+             "".join(f"; {k} {v:.2f} s" for k, v in sorted(unlearn_report["phases"].items(), key=lambda kv: -kv[1])))
     if attacks:  # try to bring the forgotten knowledge back; attacks leave the patient as they found it
         t0 = time.perf_counter()
         robustness = run_attacks(patient, task, method, attacks, cfg.eval, before, before_records, seed,

@@ -65,4 +65,8 @@ def unlearn(method, patient: Patient, task: Task, cfg) -> Unlearned:
         sequence.append({"request": i + 1, "subjects": list(dict.fromkeys(q.subject for q in request)),
                          "items": len(request), "requested_so_far": len(done), "unlearn_s": seconds,
                          "metrics": metrics, "report": result.report})
-    return Unlearned({"requests": len(requests), "sequence": sequence}, result.patch)
+    phases: dict[str, float] = {}
+    for step in sequence:  # the whole sequence's time per phase
+        for name, seconds in step["report"].get("phases", {}).items():
+            phases[name] = phases.get(name, 0.0) + seconds
+    return Unlearned({"requests": len(requests), "phases": phases, "sequence": sequence}, result.patch)

@@ -64,7 +64,8 @@ def main() -> None:
             report = unlearned.report
             walls.append(time.perf_counter() - w0)
             strengths.append(report["patch"]["strength"])
-            solves.append(sum(report["timings_s"][k] for k in ("layer_selection", "activations", "solve")))
+            solves.append(sum(v for k, v in report["phases"].items()  # keys and solve, not the calibration
+                              if k.endswith("_keys") or k in ("forget_logits", "held_gram", "solve")))
             cpus.append(time.process_time() - c0)
             refused += is_refusal(generate(patient, [q.question], 32)[0])
             para += is_refusal(generate(patient, [q.paraphrases[0]], 32)[0])

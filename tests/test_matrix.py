@@ -92,4 +92,9 @@ def test_method_runs_on_task(task, method, sources, make_cfg, tmp_path):
             assert 0 <= metrics[key] <= (100 if scoring == "choice" else 1), (key, metrics[key])
     if method == "none":
         assert results["metrics"]["before"] == results["metrics"]["after"]
+    phases = results["unlearn"]["phases"]  # where the unlearning time went; phases do not overlap
+    expected = {"none": set(), "stamp": {"forget_keys", "forget_logits", "contrast_keys", "solve", "apply",
+                                         "calibration_passes"}}.get(kind := method.split("_")[0], {"encode", "train"})
+    assert expected <= set(phases), (method, phases)
+    assert sum(phases.values()) <= results["runtime_s"]["unlearn"] + 1e-3, (phases, results["runtime_s"])
     assert (tmp_path / "results.json").exists()

@@ -277,7 +277,7 @@ def _request_dict(request: ForgetRequest) -> dict[str, Any]:
 
 def _edit_summary(report: dict[str, Any]) -> dict[str, Any]:
     per_layer = report.get("per_layer", {})
-    return {"layers": report.get("layers"), "timings_s": report.get("timings_s"),
+    return {"layers": report.get("layers"), "phases": report.get("phases"),
             "relative_norm": {str(l): round(v.get("relative_norm", 0.0), 4) for l, v in per_layer.items()},
             "forget_residual": {str(l): round(v.get("forget_residual", 0.0), 4) for l, v in per_layer.items()}}
 

@@ -13,6 +13,7 @@ from repair.data import chat_prompt, padding_side
 from repair.generation import generate_prompts
 from repair.patches import Delta, Patch, PatchRejected
 from repair.patient import Patient
+from repair.progress import Phases
 from repair.refusal import last_logits_only
 from repair.stamp.keys import KeyCache
 from repair.stamp.settings import StampSettings
@@ -23,7 +24,8 @@ from repair.tasks.refusals import is_refusal
 
 def apply_calibrated(patient: Patient, settings: StampSettings, deltas: list[Delta], provenance: dict,
                      forget: Sequence[QA], f_texts: Sequence[str], retain_buffer: Sequence[QA], openers: list[int],
-                     before_logits: torch.Tensor | None, cache: KeyCache) -> tuple[Patch, list[dict]]:
+                     before_logits: torch.Tensor | None, cache: KeyCache, phase: Phases
+                     ) -> tuple[Patch, list[dict]]:
     """Apply the edit; with `calibrate` (readout target), find for *each* forget prompt the smallest strength at
     which it opens with a refusal token by `calibrate_margin` nats: per-prompt secant steps on that logit gap
     (close to linear in the strength), from the unedited patient and the configured strength, at most
@@ -37,7 +39,8 @@ def apply_calibrated(patient: Patient, settings: StampSettings, deltas: list[Del
     strength 15 and cost forget and retain answers alike.) Why per prompt: the push needed differs by request
     and by question (measured: pii's 8 questions need 1.2–7.9, one question alone ~10–13), and every extra unit
     of push on a question that already refuses costs retain answers (harmful: 68.9% of retain answers kept with
-    one strength for all, 97.8% per prompt; docs/stamp.md)."""
+    one strength for all, 97.8% per prompt; docs/stamp.md). Timed by `phase`: apply (patch swaps), calibration
+    passes, answer check, buffer check."""
     alpha = float(provenance["strength"])
     calibrate = settings.calibrate and provenance["target"] == "refusal_readout"
     factor, ceiling = settings.calibrate_factor, settings.max_strength
@@ -48,12 +51,21 @@ def apply_calibrated(patient: Patient, settings: StampSettings, deltas: list[Del
                      {**provenance, "strength": alpha * float(scales.max()),
                       "strengths": [round(alpha * float(x), 4) for x in scales]})
 
+    def swap(patch: Patch, scales: torch.Tensor, new: torch.Tensor) -> tuple[Patch, torch.Tensor]:
+        with phase("apply"):
+            return rescale(patient, patch, scaled, scales, new, bound)
+
+    def buffer_openers() -> list[int]:
+        with phase("buffer_check"):
+            return next_tokens(patient, held)
+
     n = deltas[0].left.shape[1] if deltas else 1
     held = [chat_prompt(patient.tokenizer, q.question) for q in retain_buffer] if calibrate else []
-    before = cache.get("buffer_openers", patient, [], tuple(held), lambda: next_tokens(patient, held))
+    before = cache.get("buffer_openers", patient, [], tuple(held), buffer_openers)
     scales = torch.ones(n, dtype=torch.float64)
-    patch = scaled(scales)
-    patch.apply(patient.model, bound)
+    with phase("apply"):
+        patch = scaled(scales)
+        patch.apply(patient.model, bound)
     if not calibrate:
         return patch, []
     opener_ids = torch.tensor(sorted(set(openers)))
@@ -62,7 +74,8 @@ def apply_calibrated(patient: Patient, settings: StampSettings, deltas: list[Del
     points = [[(0.0, g)] for g in refusal_gaps(before_logits, opener_ids, answers).tolist()]  # (scale, gap)
     tried, steps = [], []
     for _ in range(settings.calibrate_steps):
-        gaps = refusal_gaps(last_logits(patient, f_texts), opener_ids, answers)
+        with phase("calibration_passes"):
+            gaps = refusal_gaps(last_logits(patient, f_texts), opener_ids, answers)
         tried.append((scales.clone(), gaps))
         steps.append({"strength": alpha * float(scales.max()), "refusal_gap": float(gaps.min())})
         new = scales.clone()
@@ -73,36 +86,38 @@ def apply_calibrated(patient: Patient, settings: StampSettings, deltas: list[Del
             new[i] = min(max(next_scale(points[i], margin, factor), x / 8), x * 8, top)
         if any(((new / t - 1).abs() < 0.05).all() for t, _ in tried):
             break  # settled, or nothing new to try
-        patch, scales = rescale(patient, patch, scaled, scales, new, bound)
+        patch, scales = swap(patch, scales, new)
     feasible = [t for t, g in tried if g.min() >= margin]  # every prompt refuses: the smallest push, else the
     best = min(feasible, key=lambda t: float(t.norm())) if feasible else max(tried, key=lambda p: p[1].min())[0]
     if not torch.equal(best, scales):                      # widest gap
-        patch, scales = rescale(patient, patch, scaled, scales, best, bound)
+        patch, scales = swap(patch, scales, best)
     gap = next(float(g.min()) for t, g in tried if torch.equal(t, scales))
     steps.append({"strength": alpha * float(scales.max()), "refusal_gap": gap, "chosen": True})
     picked = [parse_choice(patient.tokenizer.decode([int(t)]), q.choices) if q.choices else None
               for t, q in zip(answers, forget)]  # the option each multiple-choice answer began with
     for _ in range(settings.calibrate_checks):  # it opens with a refusal token; is it a refusal?
-        said = generate_prompts(patient, f_texts, settings.check_tokens, desc="check")
+        with phase("answer_check"):
+            said = generate_prompts(patient, f_texts, settings.check_tokens, desc="check")
         failing = torch.tensor([parse_choice(a, q.choices) == p if q.choices else not is_refusal(a)
                                 for a, q, p in zip(said, forget, picked)])
         raised = torch.where(failing, (scales * factor).clamp(max=top), scales)
         if torch.equal(raised, scales):
             break
-        patch, scales = rescale(patient, patch, scaled, scales, raised, bound)
+        patch, scales = swap(patch, scales, raised)
         steps.append({"strength": alpha * float(scales.max()), "raised": int(failing.sum())})
     if float(scales.max()) > 1.0 and held:  # raised above the configured strength: do the buffer open as before?
-        kept = sum(a == b for a, b in zip(next_tokens(patient, held), before))
+        kept = sum(a == b for a, b in zip(buffer_openers(), before))
         steps[-1] |= {"buffer_kept": kept, "buffer": len(held)}
         if kept < len(held):  # back: the widest-gap smaller pushes that keep the buffer, else the configured one
             lower = [t for t, _ in sorted(tried, key=lambda p: -float(p[1].min()))
                      if float(t.norm()) < float(scales.norm()) and float(t.max()) > 1.0][:2]
             for fallback in [*lower, torch.ones_like(scales)]:
-                patch, scales = rescale(patient, patch, scaled, scales, fallback, bound)
-                if float(scales.max()) <= 1.0 or all(a == b for a, b in zip(next_tokens(patient, held), before)):
+                patch, scales = swap(patch, scales, fallback)
+                if float(scales.max()) <= 1.0 or all(a == b for a, b in zip(buffer_openers(), before)):
                     break
             steps.append({"strength": alpha * float(scales.max()), "stepped_back": True})
     return patch, steps
+
 
 def rescale(patient: Patient, patch: Patch, scaled, scale: torch.Tensor, new: torch.Tensor, bound
              ) -> tuple[Patch, torch.Tensor]:

@@ -16,6 +16,7 @@ import torch
 
 from repair.data import chat_prompt
 from repair.patient import Patient
+from repair.progress import Phases
 from repair.refusal import activations_at, token_positions
 from repair.stamp.settings import StampSettings
 from repair.stamp.solve import held_gram
@@ -161,31 +162,41 @@ def counterfactuals(patient: Patient, settings: StampSettings, forget: Sequence[
     return texts, cf_positions
 
 
-def generic_keys(patient: Patient, layers: list[int], refs: References, cache: KeyCache):
+def generic_keys(patient: Patient, layers: list[int], refs: References, cache: KeyCache, phase: Phases):
     """Keys of ordinary questions and text at every token."""
     def build():
-        texts = [chat_prompt(patient.tokenizer, q) for q in GENERAL_QUESTIONS] + refs.generic_texts[:16]
-        return activations_at(patient, texts, [token_positions(patient.tokenizer, t) for t in texts], layers)
+        with phase("generic_keys"):
+            texts = [chat_prompt(patient.tokenizer, q) for q in GENERAL_QUESTIONS] + refs.generic_texts[:16]
+            return activations_at(patient, texts, [token_positions(patient.tokenizer, t) for t in texts], layers)
     return cache.get("generic", patient, layers, (len(refs.generic_texts),), build)
 
 
 def held_system(patient: Patient, settings: StampSettings, layers: list[int], forget: Sequence[QA],
-                retain_buffer: Sequence[QA], refs: References, cache: KeyCache) -> dict[int, dict]:
+                retain_buffer: Sequence[QA], refs: References, cache: KeyCache, phase: Phases
+                ) -> dict[int, dict]:
     """Per layer: the Gram of every held key (retain buffer, contrasts, generic text), and the retain and contrast
     keys with their outputs' norm (to report how far the edit moves them). The part that does not depend on the
     forget request is computed once per patient, layers and buffer (`KeyCache`); contrasts made from the forget
-    questions are added per request."""
+    questions are added per request. Each part is timed as its own `phase`."""
     readout = settings.target == "refusal_readout"
     n_contrasts = settings.contrast_prompts if readout else 0
     from_buffer = bool(retain_buffer) and settings.contrast_source == "buffer"
     w_r, w_x, lam = settings.retain_weight, settings.contrast_weight, settings.cov_weight
 
     def build():
-        r_acts = activations_at(patient, *held_retain(patient, settings, retain_buffer), layers) if retain_buffer \
-            else None
-        x_prompts = contrasts(patient, settings, retain_buffer, refs) if from_buffer else None
-        x_acts = activations_at(patient, *x_prompts, layers) if x_prompts and n_contrasts else None
-        c_acts = generic_keys(patient, layers, refs, cache) if lam > 0 else None
+        r_acts = x_acts = None
+        if retain_buffer:
+            with phase("buffer_keys"):
+                r_acts = activations_at(patient, *held_retain(patient, settings, retain_buffer), layers)
+        if from_buffer and n_contrasts:
+            with phase("contrast_keys"):
+                x_prompts = contrasts(patient, settings, retain_buffer, refs)
+                x_acts = activations_at(patient, *x_prompts, layers) if x_prompts else None
+        c_acts = generic_keys(patient, layers, refs, cache, phase) if lam > 0 else None
+        with phase("held_gram"):
+            return gram_per_layer(r_acts, x_acts, c_acts)
+
+    def gram_per_layer(r_acts, x_acts, c_acts):
         out = {}
         for layer in layers:
             parts = ([(r_acts[layer], w_r)] if r_acts else []) + ([(x_acts[layer], w_x)] if x_acts else [])
@@ -202,14 +213,16 @@ def held_system(patient: Patient, settings: StampSettings, layers: list[int], fo
     if from_buffer or not n_contrasts:
         return {l: {**h, "static": h} for l, h in static.items()}
     avoid = frozenset(q.subject for q in forget) | {stem(q.question, q.choices) for q in forget}
-    x_acts = activations_at(patient, *contrasts(patient, settings, forget, refs, avoid), layers)
-    held = {}
-    for layer, h in static.items():
-        k_x, v_x = x_acts[layer]
-        held[layer] = {**h, "static": h, "gram": h["gram"] + w_x * k_x.T @ k_x,
-                       "keys": torch.cat([h["keys"], w_x ** 0.5 * k_x]),
-                       "values_sq": h["values_sq"] + w_x * float(v_x.norm()) ** 2}
-    return held
+    with phase("contrast_keys"):
+        x_acts = activations_at(patient, *contrasts(patient, settings, forget, refs, avoid), layers)
+    with phase("held_gram"):
+        return {layer: add_contrasts(h, *x_acts[layer], w_x) for layer, h in static.items()}
+
+
+def add_contrasts(h: dict, k_x: torch.Tensor, v_x: torch.Tensor, w_x: float) -> dict:
+    """A layer's held system with one request's contrast keys added (the static part stays as cached)."""
+    return {**h, "static": h, "gram": h["gram"] + w_x * k_x.T @ k_x, "keys": torch.cat([h["keys"], w_x ** 0.5 * k_x]),
+            "values_sq": h["values_sq"] + w_x * float(v_x.norm()) ** 2}
 
 
 def subject_is_question(q: QA) -> bool:

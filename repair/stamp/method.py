@@ -7,7 +7,6 @@ strength; `revert` takes it off. `unlearn` is the three in a row, as every metho
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -16,12 +15,13 @@ import torch
 from repair.methods import MethodBase, Unlearned, register_method
 from repair.patches import Delta, Patch
 from repair.patient import Patient
+from repair.progress import Phases
 from repair.refusal import activations_at
 from repair.stamp.calibrate import apply_calibrated, last_logits
 from repair.stamp.keys import KeyCache, References, counterfactuals, forget_prompts, held_system
 from repair.stamp.settings import StampLowRankSettings, StampSettings
 from repair.stamp.solve import full_solve, lowrank_solve, top_directions
-from repair.stamp.targets import choose_layers, layer_target, readout_directions, refusal_openers
+from repair.stamp.targets import LayerChoice, choose_layers, layer_target, readout_directions, refusal_openers
 from repair.tasks import QA, Task
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ class Edit:
     forget_texts: list[str]
     openers: list[int] = field(default_factory=list)
     forget_logits: torch.Tensor | None = None  # the unedited next-token logits of the forget prompts
-    timings_s: dict[str, float] = field(default_factory=dict)
+    phases: Phases = field(default_factory=Phases)  # wall seconds per phase, fit and apply
 
 
 @register_method("stamp", label="STAMP")
@@ -63,27 +63,40 @@ class Stamp(MethodBase):
         if not forget:
             raise ValueError("nothing to forget: the forget set is empty")
         s = self.settings
-        timings: dict[str, float] = {}
-        t0 = time.perf_counter()
-        f_texts, f_pos = forget_prompts(patient, s, forget)
-        if s.target in ("unknown", "direction"):  # aligns f_pos with the counterfactual spans
-            u_texts, u_pos = counterfactuals(patient, s, forget, f_pos, self.refs)
-        choice = choose_layers(patient, s, forget, f_texts, f_pos)
+        phase = Phases()
+        with phase("forget_keys"):  # and the layer choice, which reads them
+            f_texts, f_pos = forget_prompts(patient, s, forget)
+            if s.target in ("unknown", "direction"):  # aligns f_pos with the counterfactual spans
+                u_texts, u_pos = counterfactuals(patient, s, forget, f_pos, self.refs)
+            choice = choose_layers(patient, s, forget, f_texts, f_pos)
         layers = choice.layers
-        timings["layer_selection"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        u_acts = activations_at(patient, u_texts, u_pos, layers) if s.target in ("unknown", "direction") else None
-        openers, f_logits, readout = [], None, None
+        u_acts, openers, f_logits, readout = None, [], None, None
+        if s.target in ("unknown", "direction"):
+            with phase("unknown_keys"):
+                u_acts = activations_at(patient, u_texts, u_pos, layers)
         if s.target == "refusal_readout":  # openers and the unedited next-token logits: readout and calibration
-            openers = refusal_openers(patient.tokenizer, s.num_refusals,
-                                      multiple_choice=any(q.choices for q in forget))
-            f_logits = last_logits(patient, f_texts)
-            readout = readout_directions(patient, openers, f_logits)
-        held = held_system(patient, s, layers, forget, retain_buffer, self.refs, self.cache)
-        timings["activations"] = time.perf_counter() - t0
+            with phase("forget_logits"):
+                openers = refusal_openers(patient.tokenizer, s.num_refusals,
+                                          multiple_choice=any(q.choices for q in forget))
+                f_logits = last_logits(patient, f_texts)
+                readout = readout_directions(patient, openers, f_logits)
+        held = held_system(patient, s, layers, forget, retain_buffer, self.refs, self.cache, phase)
 
-        t0 = time.perf_counter()
+        with phase("solve"):
+            deltas, per_layer, rank, width = self.solve(patient, choice, held, readout, u_acts)
+        provenance = {"method": self.name, "forget": [q.question for q in forget], "layers": layers,
+                      "target": s.target, "keys": s.keys, "strength": s.strength,
+                      "rank": min(rank, width) if self.lowrank else None}
+        if self.lowrank and rank > width:
+            provenance["rank_requested"] = rank
+        return Edit(deltas, provenance, per_layer, layers, choice.separation, f_texts, openers, f_logits, phase)
+
+    def solve(self, patient: Patient, choice: LayerChoice, held: dict[int, dict], readout: torch.Tensor | None, u_acts: dict | None
+              ) -> tuple[list[Delta], dict[int, dict], int, int]:
+        """Per edited layer, the closed-form edit as factors (one column per forget key) and what it does to the
+        keys; also the rank solved at and the narrowest key width."""
+        s = self.settings
+        layers = choice.layers
         rank = self.settings.rank if self.lowrank else 0
         width = min(held[layer]["gram"].shape[0] for layer in layers)
         if self.lowrank and rank > width:  # the key space has only `width` dimensions: that is the rank solved at
@@ -111,20 +124,14 @@ class Stamp(MethodBase):
                 if len(h["keys"]) else None,
                 "forget_keys": int(len(k_f)), "retain_keys": int(len(h["keys"])), "generic_keys": h["generic_keys"],
             }
-        timings["solve"] = time.perf_counter() - t0
-        provenance = {"method": self.name, "forget": [q.question for q in forget], "layers": layers,
-                      "target": s.target, "keys": s.keys, "strength": s.strength,
-                      "rank": min(rank, width) if self.lowrank else None}
-        if self.lowrank and rank > width:
-            provenance["rank_requested"] = rank
-        return Edit(deltas, provenance, per_layer, layers, choice.separation, f_texts, openers, f_logits, timings)
+        return deltas, per_layer, rank, width
 
     def apply(self, patient: Patient, edit: Edit, forget: Sequence[QA], retain_buffer: Sequence[QA]
               ) -> tuple[Patch, list[dict]]:
         """Put the edit on the weights, each forget prompt at its calibrated strength (repair/stamp/calibrate.py);
         returns the applied patch and the calibration's steps."""
         return apply_calibrated(patient, self.settings, edit.deltas, edit.provenance, forget, edit.forget_texts,
-                                retain_buffer, edit.openers, edit.forget_logits, self.cache)
+                                retain_buffer, edit.openers, edit.forget_logits, self.cache, edit.phases)
 
     @staticmethod
     def revert(patient: Patient, patch: Patch) -> None:
@@ -133,16 +140,15 @@ class Stamp(MethodBase):
 
     def unlearn(self, patient: Patient, forget: list[QA], retain_buffer: list[QA]) -> Unlearned:
         edit = self.fit(patient, forget, retain_buffer)
-        t0 = time.perf_counter()
         patch, calibration = self.apply(patient, edit, forget, retain_buffer)
-        edit.timings_s["calibrate"] = time.perf_counter() - t0
         for stats, delta in zip(edit.per_layer.values(), patch.deltas):  # norms at the applied strengths
             stats["relative_norm"] = delta.norm() / stats.pop("weight_norm")
         log.info("%s edited layers %s at strength %.3g: %s", self.name, edit.layers, patch.provenance["strength"],
                  ", ".join(f"L{l} ‖ΔW‖/‖W‖={s['relative_norm']:.3f} res={s['forget_residual']:.3f}"
                            for l, s in edit.per_layer.items()))
+        log.info("%s phases: %s", self.name, edit.phases.summary())
         report = {"layers": edit.layers, "separation": edit.separation, "per_layer": edit.per_layer,
-                  "timings_s": edit.timings_s, "calibration": calibration, "patch": patch.provenance}
+                  "phases": edit.phases.seconds, "calibration": calibration, "patch": patch.provenance}
         return Unlearned(report, patch)
 
 
