@@ -1,8 +1,8 @@
 """The Method protocol and registry. A method edits the patient and reports what it did; it never evaluates or logs.
 
-Every method is one small file that registers a class here (`@register_method("name", label="Name")`, in a module
-listed in BUILTIN_MODULES), with its settings as a dataclass (`Settings`), plus one YAML under `conf/method/` that
-holds their values. `build_method` checks the config against `Settings` before anything slow runs.
+Every method is one small file that registers a class here (`@register_method("name", label="Name")`, in the
+`baselines` package or a module listed in BUILTIN_MODULES), with its settings as a dataclass (`Settings`), plus one
+YAML under `conf/method/` that holds their values. `build_method` checks the config against `Settings` before anything slow runs.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Protocol
 
 from repair.patches import Patch
 from repair.patient import Patient
-from repair.registry import Registry
+from repair.registry import Registry, import_package
 from repair.settings import build
 from repair.tasks import QA, Task
 
@@ -68,8 +68,11 @@ def register_method(name: str, label: str | None = None):
 
 
 def load_builtin() -> Registry:
+    """The registry with the built-in methods, and every module of the `baselines` package: a new training
+    baseline is one file there plus one YAML, nothing to list."""
     for module in BUILTIN_MODULES:
         importlib.import_module(module)
+    import_package("baselines")
     return METHODS
 
 

@@ -1,6 +1,8 @@
 """Name → implementation registries, so configs can name things and bad names fail with the valid choices."""
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from typing import Callable, Generic, TypeVar
 
 T = TypeVar("T")
@@ -40,3 +42,10 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: str) -> bool:
         return name in self._items
+
+
+def import_package(package: str) -> None:
+    """Import every module of `package`, so everything they register is registered: a new method, task or attack
+    is one file in its package, with nothing else to list."""
+    for info in pkgutil.iter_modules(importlib.import_module(package).__path__, package + "."):
+        importlib.import_module(info.name)

@@ -10,7 +10,6 @@ measurement.
 """
 from __future__ import annotations
 
-import importlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -20,16 +19,13 @@ from omegaconf import DictConfig
 
 from repair.patches import Patch
 from repair.patient import Patient
-from repair.registry import Registry
+from repair.registry import Registry, import_package
 from repair.settings import build, plain
 from repair.tasks import Task
 
 log = logging.getLogger(__name__)
 
 ATTACKS: Registry = Registry("attack")
-# modules whose import registers the built-in attacks
-BUILTIN_MODULES = ("repair.attacks.prompting", "repair.attacks.mia", "repair.attacks.probe",
-                   "repair.attacks.reversion", "repair.attacks.relearn")
 
 
 @dataclass
@@ -61,8 +57,8 @@ def register_attack(name: str):
 
 
 def load_builtin() -> Registry:
-    for module in BUILTIN_MODULES:
-        importlib.import_module(module)
+    """The registry with every attack module of this package imported (a new attack is one file here)."""
+    import_package("repair.attacks")
     return ATTACKS
 
 

@@ -108,9 +108,11 @@ class Stamp(MethodBase):
             t = layer_target(s, layer, v_f, len(layers), readout, u_acts, choice.subspace)
             h = held[layer]
             if self.lowrank:
-                if rank < h["gram"].shape[0] and "directions" not in h["static"]:  # cached with the static Gram
-                    h["static"]["directions"] = top_directions(h["static"]["gram"], rank, s.seed)
-                left, right = lowrank_solve(k_f, t, h["gram"], s.eps, rank, h["static"].get("directions"),
+                def directions(static=h["static"]):  # cached with the static Gram, computed only when needed
+                    if "directions" not in static:
+                        static["directions"] = top_directions(static["gram"], rank, s.seed)
+                    return static["directions"]
+                left, right = lowrank_solve(k_f, t, h["gram"], s.eps, rank, directions,
                                             krylov_steps=self.settings.krylov_steps)
             else:
                 left, right = full_solve(k_f, t, h["gram"], s.eps)

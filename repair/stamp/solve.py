@@ -9,6 +9,8 @@ calibration can rescale each forget prompt's push without solving again.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 
@@ -36,9 +38,11 @@ def full_solve(k_f: torch.Tensor, t: torch.Tensor, gram: torch.Tensor, eps_scale
 
 
 def top_directions(gram: torch.Tensor, q: int, seed: int = 0) -> torch.Tensor:
-    """The top-q eigenvectors of a PSD Gram (randomised; m × q)."""
-    torch.manual_seed(seed)
-    u, _, _ = torch.svd_lowrank(gram, q=q, niter=4)
+    """The top-q eigenvectors of a PSD Gram (randomised with `seed`; m × q). The global random state is left as it
+    was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        u, _, _ = torch.svd_lowrank(gram, q=q, niter=4)
     return u
 
 
@@ -65,8 +69,8 @@ def krylov_basis(gram: torch.Tensor, k_f: torch.Tensor, steps: int, max_columns:
 
 
 def lowrank_solve(k_f: torch.Tensor, t: torch.Tensor, gram: torch.Tensor, eps_scale: float, rank: int,
-                  directions: torch.Tensor | None = None, seed: int = 0, krylov_steps: int = 0
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+                  directions: torch.Tensor | Callable[[], torch.Tensor] | None = None, seed: int = 0,
+                  krylov_steps: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """The same solve restricted to an r-dimensional key subspace U, O(m²r + r³) given G; factors (Tᵀ, F A⁻¹ Uᵀ) with
     F = K_f U, one column per forget key as for `full_solve` (the calibration scales them per forget prompt).
 
@@ -74,13 +78,18 @@ def lowrank_solve(k_f: torch.Tensor, t: torch.Tensor, gram: torch.Tensor, eps_sc
     held keys alone can miss the few directions that tell the forget sample apart (measured on the tiny patient:
     nothing forgotten at r = 64 of 256). With `krylov_steps`, the forget keys' block Krylov space under G comes
     first (see `krylov_basis`), which is where the full solve's edit lives: the top held directions are the ones
-    the edit must *avoid*, so on their own they leave the low-rank edit less selective than the full one."""
+    the edit must *avoid*, so on their own they leave the low-rank edit less selective than the full one.
+    `directions` may be a function that computes them: it is called only when the forget keys' own space leaves
+    room for them (with Krylov steps it often fills the rank alone, and a top-directions SVD of a full-width Gram
+    cost 7× the whole low-rank solve at width 1536)."""
     m = gram.shape[0]
     if rank >= m:
         u = torch.eye(m, dtype=gram.dtype)
     else:
         own = krylov_basis(gram, k_f, krylov_steps, rank)[:, :rank] if krylov_steps > 0 else k_f[:rank // 2].T
         n_f = own.shape[1]
+        if rank > n_f and callable(directions):
+            directions = directions()
         if rank > n_f and (directions is None or directions.shape[1] < rank - n_f):
             directions = top_directions(gram, rank - n_f, seed)
         parts = [own, directions[:, :rank - n_f]] if rank > n_f else [own]

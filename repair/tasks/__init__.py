@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig
 
-from repair.registry import Registry
+from repair.registry import Registry, import_package
 from repair.settings import build, plain, require
 
 TASKS: Registry = Registry("task")
@@ -160,8 +160,7 @@ def suite(name: str, settings: type[TaskSettings]) -> Callable:
 
 def get_suite(name: str) -> Suite:
     """The registered suite `name` (its settings class and builder); an unknown name fails listing the valid ones."""
-    from repair.tasks import harmful, misinformation, pii, real  # noqa: F401  (registers the suites)
-
+    import_package("repair.tasks")  # registers the suites (a new one is one file here)
     return TASKS.get(name)
 
 
