@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Protocol
 from repair.patches import Patch
 from repair.patient import Patient
 from repair.registry import Registry, import_package
-from repair.settings import build
+from repair.settings import build, plain
 from repair.tasks import QA, Task
 
 METHODS: Registry = Registry("method")
@@ -88,6 +88,6 @@ class NoUnlearning(MethodBase):
 
 def build_method(cfg) -> Method:
     """The method named by `cfg.name`, with its settings checked (unknown, missing or ill-typed keys fail here)."""
-    name = (cfg or {}).get("name", "<missing>") if not dataclasses.is_dataclass(cfg) else cfg.name
-    cls = load_builtin().get(name)
-    return cls(build(cls.Settings, cfg, "method"))
+    values = plain(cfg)
+    cls = load_builtin().get(values.get("name", "<missing>"))
+    return cls(build(cls.Settings, values, "method"))

@@ -64,11 +64,6 @@ def build(cls: type[S], cfg: Any, where: str, **given: Any) -> S:
     return obj
 
 
-def replace(settings: S, where: str, **changes: Any) -> S:
-    """A copy of `settings` with `changes`, checked as `build` checks."""
-    return build(type(settings), dataclasses.asdict(settings) | changes, where)
-
-
 @functools.lru_cache(maxsize=None)
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)

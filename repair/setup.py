@@ -57,10 +57,10 @@ def implant_recipe(cfg: DictConfig) -> DictConfig:
         "epochs": max(1, round(cfg.implant.epochs * float(cfg.task.implant_epochs_scale)))})
 
 
-def implanted_patient(cfg: DictConfig, task: Task | None = None) -> tuple[patients.Patient, Task, dict]:
+def implanted_patient(cfg: DictConfig) -> tuple[patients.Patient, Task, dict]:
     """The patient after implant of cfg's task (from the cache when it is there), the task, and the implant's
-    report: where a run, a chat or a measurement script starts."""
-    task = task if task is not None else build_task(cfg.task, int(cfg.seed))
+    report: where a chat or a measurement script starts (the runner times loading and implant apart)."""
+    task = build_task(cfg.task, int(cfg.seed))
     patient = patients.load(cfg.patient, cfg.cache_dir)
     report = implant(patient, task, implant_recipe(cfg), cfg.cache_dir)
     return patient, task, report

@@ -31,6 +31,7 @@ from repair.interactive.watchdog import Watchdog, build_watchdog
 from repair.methods import build_method
 from repair.patches import Patch, PatchRejected
 from repair.patient import Patient
+from repair.settings import plain
 from repair.setup import implant_recipe, implanted_patient, method_config, start
 from repair.tasks import QA, Task
 from repair.tasks.refusals import is_refusal
@@ -75,7 +76,7 @@ class RepairSession:
         overrides) for its own method, else the method's own YAML, so every method runs as the tables measured it."""
         if name not in self.method_cfgs:
             self.method_cfgs[name] = method_config(name, int(self.cfg.seed))
-        return OmegaConf.to_container(self.method_cfgs[name], resolve=True)
+        return plain(self.method_cfgs[name])
 
     # ------------------------------------------------------------------------------------------------ the loop
     def restore_ledger(self) -> list[str]:

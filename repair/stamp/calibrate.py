@@ -51,6 +51,8 @@ def apply_calibrated(patient: Patient, settings: StampSettings, deltas: list[Del
                      {**provenance, "strength": alpha * float(scales.max()),
                       "strengths": [round(alpha * float(x), 4) for x in scales]})
 
+    held = [chat_prompt(patient.tokenizer, q.question) for q in retain_buffer] if calibrate else []
+
     def swap(patch: Patch, scales: torch.Tensor, new: torch.Tensor) -> tuple[Patch, torch.Tensor]:
         with phase("apply"):
             return rescale(patient, patch, scaled, scales, new, bound)
@@ -60,7 +62,6 @@ def apply_calibrated(patient: Patient, settings: StampSettings, deltas: list[Del
             return next_tokens(patient, held)
 
     n = deltas[0].left.shape[1] if deltas else 1
-    held = [chat_prompt(patient.tokenizer, q.question) for q in retain_buffer] if calibrate else []
     before = cache.get("buffer_openers", patient, [], tuple(held), buffer_openers)
     scales = torch.ones(n, dtype=torch.float64)
     with phase("apply"):
