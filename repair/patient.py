@@ -39,6 +39,7 @@ class Patient:
     tokenizer: Any
     fingerprint: str  # identifies the base weights; part of every implant cache key
     modules: dict[str, str] = field(default_factory=dict)  # e.g. mlp_down: model.layers.{}.mlp.down_proj
+    cache_dir: Path | None = None  # where on-disk stores of this patient live (None: nothing is written)
 
     @property
     def device(self) -> torch.device:
@@ -68,6 +69,15 @@ class Patient:
 
     def layer_prefix(self, layer: int) -> str:
         return self.modules.get("layers", "model.layers.{}").format(layer) + "."
+
+    @torch.no_grad()
+    def weights_digest(self) -> str:
+        """Identifies the current weights (not only the base ones: after an implant or an edit it differs), for
+        on-disk stores of what a forward pass computes. Per tensor its sum and norm, with the dtype and device kind
+        (rounding differs between them): one pass over the weights, where a byte hash would take seconds."""
+        sums = [[name, str(p.dtype), p.device.type, *torch.stack([p.float().sum(), p.float().norm()]).tolist()]
+                for name, p in self.model.state_dict().items()]
+        return hashlib.sha256(json.dumps([self.fingerprint, sums]).encode()).hexdigest()[:16]
 
     def snapshot(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
@@ -169,6 +179,7 @@ def load(cfg: DictConfig | dict, cache_dir: str | Path) -> Patient:
     patient.model.to(device=device, dtype=dtype)
     patient.model.eval()
     patient.model.generation_config.pad_token_id = patient.tokenizer.pad_token_id
+    patient.cache_dir = Path(cache_dir).expanduser()
     return patient
 
 

@@ -252,3 +252,95 @@ def test_contrasts_vary_subjects_and_options_but_never_name_a_forget_subject(mak
     redrawn = [t for t in texts if t.split("<|im_start|>user\n")[-1].split("\n", 1)[1].split("<|im_end|>")[0]
                not in originals]
     assert len(redrawn) > len(texts) // 2
+
+
+def test_a_question_form_gets_the_same_contrasts_in_every_request(make_cfg, fresh_patient):
+    """Contrasts depend on the question's form, not on who it is about or what else the request holds: a chat's
+    second "Where does X live?" reuses the first one's contrast keys (KeyCache)."""
+    patient, task = fresh_patient
+    stamp = build_method(make_cfg("method=stamp", "method.contrast_prompts=12").method)
+    stamp.prepare(task)
+    first = task.forget[0]
+    other = "Ottilie Brandvold"
+    second = dataclasses.replace(first, question=first.question.replace(first.subject, other), subject=other)
+
+    def texts(request):
+        return contrasts(patient, stamp.settings, request, stamp.refs,
+                         frozenset(q.subject for q in request))[0]
+
+    alone = texts([first])
+    assert len(alone) == 12 and alone == texts([second])
+    assert not any(first.subject in t or other in t for t in alone)
+    # in a request of two forms, each form's contrasts are the first ones it gets alone
+    mixed = texts([first, task.forget[1]])
+    assert mixed[0::2] == alone[:6] and len(set(mixed)) == 12
+
+
+def test_key_store_serves_a_later_run_bit_for_bit_and_never_keys_of_other_weights(make_cfg, fresh_patient, tmp_path,
+                                                                                   caplog):
+    """What STAMP computes that does not depend on the request is stored on disk per weight digest: a new process
+    (memory cleared) reads it and fits the same edit bit for bit; an entry built while the weights changed is not
+    written; an unreadable entry is recomputed."""
+    from repair.stamp import keys
+
+    patient, task = fresh_patient
+    patient.cache_dir, cache_dir = tmp_path, patient.cache_dir
+    try:
+        cfg = make_cfg("method=stamp", *TINY_STAMP)
+        factors, counts = [], []
+        for _ in range(2):
+            keys._MEMORY.pop(patient.model, None)  # as a new process would start
+            stamp = build_method(cfg.method)
+            stamp.prepare(task)
+            unlearned = stamp.unlearn(patient, task.forget, task.retain_buffer)
+            factors.append([t.clone() for d in unlearned.patch.deltas for t in (d.left, d.right)])
+            counts.append(unlearned.report["key_cache"])
+            unlearned.patch.revert(patient.model)
+        assert counts[0]["held"]["computed"] == 1 and counts[0]["contrast"]["computed"] == 48
+        assert counts[1]["held"] == {"memory": 0, "disk": 1, "computed": 0}
+        assert counts[1]["contrast"] == {"memory": 0, "disk": 48, "computed": 0}
+        assert all(torch.equal(a, b) for a, b in zip(*factors))
+
+        cache, weight = keys.KeyCache(), patient.module("mlp_down", 0).weight
+        original = weight.detach().clone()
+
+        def build_while_editing():
+            with torch.no_grad():
+                weight.add_(1.0)
+            return torch.ones(3)
+
+        cache.get("probe", patient, [0], {"n": 1}, build_while_editing)
+        with torch.no_grad():
+            weight.copy_(original)
+        folder = cache._folder(patient)
+        assert not list(folder.glob("probe-*.pt"))  # computed on other weights than the digested ones: not stored
+        cache.get("probe", patient, [0], {"n": 2}, lambda: torch.ones(3))
+        (stored,) = folder.glob("probe-*.pt")
+        stored.write_bytes(b"not a tensor")
+        keys._MEMORY.pop(patient.model, None)
+        assert torch.equal(keys.KeyCache().get("probe", patient, [0], {"n": 2}, lambda: torch.zeros(3)), torch.zeros(3))
+        assert "unreadable key store entry" in caplog.text
+        assert torch.equal(torch.load(stored, weights_only=True), torch.zeros(3))  # replaced by the recomputed one
+    finally:
+        patient.cache_dir = cache_dir
+        keys._MEMORY.pop(patient.model, None)
+
+
+def test_calibration_passes_replay_the_unedited_layers_bit_for_bit(fresh_patient):
+    """The calibration edits only layers from the first edited one up: replaying what the layers below output on
+    the unedited patient gives the logits of a whole pass, bit for bit, after the upper layer changed."""
+    from repair.data import chat_prompt
+    from repair.stamp.calibrate import LowerLayers, last_logits
+
+    patient, task = fresh_patient
+    texts = [chat_prompt(patient.tokenizer, q.question) for q in [*task.forget, *task.retain_buffer]]
+    lower = LowerLayers.of(patient, 1)
+    before = last_logits(patient, texts, batch_size=3, keep=lower)
+    assert len(lower.outputs) == -(-len(texts) // 3)  # one per batch
+    with torch.no_grad():
+        patient.module("mlp_down", 1).weight.mul_(1.5)
+    replayed = last_logits(patient, texts, batch_size=3, replay=lower)
+    assert torch.equal(replayed, last_logits(patient, texts, batch_size=3))
+    assert not torch.equal(replayed, before)
+    assert all(type(m).__name__ != "_Replay" for m in patient.model.model.layers)  # the layers are back
+    assert LowerLayers.of(patient, 0) is None  # the first layer edited: nothing to replay

@@ -5,6 +5,7 @@ edit's left factor: a step swaps the applied patch for the same edit at other sc
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence
 
 import torch
@@ -24,8 +25,8 @@ from repair.tasks.refusals import is_refusal
 
 def apply_calibrated(patient: Patient, settings: StampSettings, deltas: list[Delta], provenance: dict,
                      forget: Sequence[QA], f_texts: Sequence[str], retain_buffer: Sequence[QA], openers: list[int],
-                     before_logits: torch.Tensor | None, cache: KeyCache, phase: Phases
-                     ) -> tuple[Patch, list[dict]]:
+                     before_logits: torch.Tensor | None, cache: KeyCache, phase: Phases,
+                     lower: LowerLayers | None = None) -> tuple[Patch, list[dict]]:
     """Apply the edit; with `calibrate` (readout target), find for *each* forget prompt the smallest strength at
     which it opens with a refusal token by `calibrate_margin` nats: per-prompt secant steps on that logit gap
     (close to linear in the strength), from the unedited patient and the configured strength, at most
@@ -62,7 +63,7 @@ def apply_calibrated(patient: Patient, settings: StampSettings, deltas: list[Del
             return next_tokens(patient, held)
 
     n = deltas[0].left.shape[1] if deltas else 1
-    before = cache.get("buffer_openers", patient, [], tuple(held), buffer_openers)
+    before = cache.get("buffer_openers", patient, [], held, buffer_openers, phase=phase)
     scales = torch.ones(n, dtype=torch.float64)
     with phase("apply"):
         patch = scaled(scales)
@@ -76,7 +77,7 @@ def apply_calibrated(patient: Patient, settings: StampSettings, deltas: list[Del
     tried, steps = [], []
     for _ in range(settings.calibrate_steps):
         with phase("calibration_passes"):
-            gaps = refusal_gaps(last_logits(patient, f_texts), opener_ids, answers)
+            gaps = refusal_gaps(last_logits(patient, f_texts, replay=lower), opener_ids, answers)
         tried.append((scales.clone(), gaps))
         steps.append({"strength": alpha * float(scales.max()), "refusal_gap": float(gaps.min())})
         new = scales.clone()
@@ -97,8 +98,9 @@ def apply_calibrated(patient: Patient, settings: StampSettings, deltas: list[Del
     picked = [parse_choice(patient.tokenizer.decode([int(t)]), q.choices) if q.choices else None
               for t, q in zip(answers, forget)]  # the option each multiple-choice answer began with
     for _ in range(settings.calibrate_checks):  # it opens with a refusal token; is it a refusal?
-        with phase("answer_check"):
-            said = generate_prompts(patient, f_texts, settings.check_tokens, desc="check")
+        with phase("answer_check"):  # a free-text answer is decided once it is a refusal; multiple choice reads on
+            said = generate_prompts(patient, f_texts, settings.check_tokens, desc="check",
+                                    decided=lambda i, text: not forget[i].choices and is_refusal(text))
         failing = torch.tensor([parse_choice(a, q.choices) == p if q.choices else not is_refusal(a)
                                 for a, q, p in zip(said, forget, picked)])
         raised = torch.where(failing, (scales * factor).clamp(max=top), scales)
@@ -110,9 +112,9 @@ def apply_calibrated(patient: Patient, settings: StampSettings, deltas: list[Del
         kept = sum(a == b for a, b in zip(buffer_openers(), before))
         steps[-1] |= {"buffer_kept": kept, "buffer": len(held)}
         if kept < len(held):  # back: the widest-gap smaller pushes that keep the buffer, else the configured one
-            lower = [t for t, _ in sorted(tried, key=lambda p: -float(p[1].min()))
+            smaller = [t for t, _ in sorted(tried, key=lambda p: -float(p[1].min()))
                      if float(t.norm()) < float(scales.norm()) and float(t.max()) > 1.0][:2]
-            for fallback in [*lower, torch.ones_like(scales)]:
+            for fallback in [*smaller, torch.ones_like(scales)]:
                 patch, scales = swap(patch, scales, fallback)
                 if float(scales.max()) <= 1.0 or all(a == b for a, b in zip(buffer_openers(), before)):
                     break
@@ -146,15 +148,73 @@ def next_scale(points: list[tuple[float, float]], margin: float, factor: float) 
 
 
 @torch.no_grad()
-def last_logits(patient: Patient, texts: Sequence[str], batch_size: int = 16) -> torch.Tensor:
-    """Next-token logits after each fully formatted prompt (n × vocab, float32 on CPU; left-padded batches)."""
+def last_logits(patient: Patient, texts: Sequence[str], batch_size: int = 16, keep: "LowerLayers | None" = None,
+                replay: "LowerLayers | None" = None) -> torch.Tensor:
+    """Next-token logits after each fully formatted prompt (n × vocab, float32 on CPU; left-padded batches). `keep`
+    records what the layers below its first edited layer output; `replay` runs only the layers from there up."""
     out: list[torch.Tensor] = []
-    with padding_side(patient.tokenizer, "left") as tok:
+    with padding_side(patient.tokenizer, "left") as tok, \
+            keep.kept() if keep else contextlib.nullcontext(), replay.replayed() if replay else contextlib.nullcontext():
         for start in range(0, len(texts), batch_size):
             enc = tok(list(texts[start:start + batch_size]), return_tensors="pt", padding=True,
                       add_special_tokens=False).to(patient.device)
             out.append(patient.model(**enc, **last_logits_only(patient.model)).logits[:, -1].float().cpu())
     return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+class LowerLayers:
+    """What the layers below the first edited one output on a set of prompts, per batch of `last_logits`. The
+    calibration edits only layers from `first` up, so the layers below compute the same on every pass: replaying
+    their output runs only the edited layers (16 of the default patient's 30), with the same logits bit for bit."""
+
+    def __init__(self, first: int, container: torch.nn.ModuleList):
+        self.first, self.container, self.outputs = first, container, []
+
+    @classmethod
+    def of(cls, patient: Patient, first: int) -> "LowerLayers | None":
+        """None where there is nothing to replay (the first layer is edited) or the `layers` module template does
+        not name a ModuleList entry (`....{}`): passes then run whole."""
+        template = patient.modules.get("layers", "model.layers.{}")
+        if first <= 0 or not template.endswith(".{}"):
+            return None
+        container = patient.model.get_submodule(template[:-3])
+        return cls(first, container) if isinstance(container, torch.nn.ModuleList) else None
+
+    @contextlib.contextmanager
+    def kept(self):
+        self.outputs.clear()
+        hook = self.container[self.first - 1].register_forward_hook(
+            lambda module, inputs, output: self.outputs.append(output.detach()))
+        try:
+            yield
+        finally:
+            hook.remove()
+
+    @contextlib.contextmanager
+    def replayed(self):
+        originals = [self.container[i] for i in range(self.first)]
+        state = {"batch": -1}
+        for i in range(self.first):
+            self.container[i] = _Replay(self.outputs, state, advance=i == 0)
+        try:
+            yield
+        finally:
+            for i, module in enumerate(originals):
+                self.container[i] = module
+
+
+class _Replay(torch.nn.Module):
+    """A layer below the edited ones: returns the kept output of the last such layer for the current batch (the
+    first one advances the batch)."""
+
+    def __init__(self, outputs: list[torch.Tensor], state: dict, advance: bool):
+        super().__init__()
+        self.outputs, self.state, self.advance = outputs, state, advance
+
+    def forward(self, hidden_states, *args, **kwargs):
+        if self.advance:
+            self.state["batch"] += 1
+        return self.outputs[self.state["batch"]]
 
 
 def next_tokens(patient: Patient, texts: Sequence[str]) -> list[int]:

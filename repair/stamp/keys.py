@@ -7,14 +7,21 @@ last `span_tokens` tokens of the subject's name.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
+import json
+import logging
 import random
+import weakref
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 
 from repair.data import chat_prompt
+from repair.io import atomic_path
 from repair.patient import Patient
 from repair.progress import Phases
 from repair.refusal import activations_at, token_positions
@@ -23,6 +30,8 @@ from repair.stamp.solve import held_gram
 from repair.tasks import QA
 from repair.tasks.choice import stem, with_options
 from repair.tasks.corpus import GENERAL_QUESTIONS
+
+log = logging.getLogger(__name__)
 
 Prompts = tuple[list[str], list[list[int]]]  # fully formatted prompts and the key positions in each
 
@@ -43,18 +52,113 @@ class References:
 
 
 class KeyCache:
-    """Held keys that do not depend on the forget request (generic text, the retain buffer, its contrasts), computed
-    once per patient, layers and buffer. Taken on the weights at first use: a later request in a chat session sees
-    them as they were before earlier edits, a small approximation that keeps one edit fast."""
+    """What STAMP computes from the patient that does not depend on the forget request: the held system (generic
+    text, the retain buffer), contrast keys per prompt, the buffer's opening tokens.
 
-    def __init__(self):
-        self._entries: dict[tuple, Any] = {}
+    Two levels. In memory, per model object and shared by every method on it (the chat builds one per request):
+    taken on the weights at first use, so a later request in a chat session sees them as they were before earlier
+    edits, a small approximation (the edits hold these very keys in place) that keeps one edit fast. On disk
+    (`on_disk`, under the patient's `cache_dir`), in a folder named by the digest of the weights they were computed
+    on, as MEMIT keeps its layer statistics: a later run or session on the same weights reads them instead of
+    running the forward passes again. An entry is written only while the weights are still the digested ones, so
+    the disk never holds keys of other weights; writes are atomic, and an unreadable entry is recomputed.
+    `counts` says, per kind, how many entries came from memory, disk or a forward pass."""
 
-    def get(self, kind: str, patient: Patient, layers: Sequence[int], extra: tuple, build: Callable[[], Any]):
-        key = (kind, patient.name, id(patient.model), tuple(layers), extra)
-        if key not in self._entries:
-            self._entries[key] = build()
-        return self._entries[key]
+    def __init__(self, on_disk: bool = True):
+        self.on_disk = on_disk
+        self.counts: dict[str, dict[str, int]] = {}
+
+    def _count(self, kind: str, source: str, n: int = 1) -> None:
+        self.counts.setdefault(kind, {"memory": 0, "disk": 0, "computed": 0})[source] += n
+
+    @staticmethod
+    def _state(patient: Patient) -> dict:
+        return _MEMORY.setdefault(patient.model, {"digest": None, "entries": {}})
+
+    def _folder(self, patient: Patient) -> Path | None:
+        if not self.on_disk or patient.cache_dir is None:
+            return None
+        state = self._state(patient)
+        if state["digest"] is None:
+            state["digest"] = patient.weights_digest()
+        return patient.cache_dir / "stamp_keys" / f"{patient.name}-{state['digest']}"
+
+    def _write(self, patient: Patient, files: dict[Path, Any]) -> None:
+        if patient.weights_digest() != self._state(patient)["digest"]:
+            return  # the weights changed since (an edit is on): these keys are not the digested weights' keys
+        for path, value in files.items():
+            with atomic_path(path) as tmp:
+                torch.save(value, tmp)
+
+    @staticmethod
+    def _read(path: Path) -> Any:
+        try:
+            return torch.load(path, weights_only=True) if path.exists() else None
+        except Exception as err:  # a truncated or foreign file: recompute, and the write replaces it
+            log.warning("unreadable key store entry %s (%s); recomputing it", path, err)
+            return None
+
+    def get(self, kind: str, patient: Patient, layers: Sequence[int], extra: Any, build: Callable[[], Any],
+            disk: bool = True, phase: Phases | None = None):
+        """The entry `kind` for these layers and `extra` (anything JSON can write: what the entry depends on besides
+        the weights), built with `build()` where neither level has it. Disk reads and writes are timed as `phase`
+        "key_store"."""
+        name = f"{kind}-{digest([list(layers), extra])}"
+        entries = self._state(patient)["entries"]
+        if name in entries:
+            self._count(kind, "memory")
+            return entries[name]
+        timed = (lambda: phase("key_store")) if phase is not None else contextlib.nullcontext
+        with timed():
+            folder = self._folder(patient) if disk else None
+            value = self._read(folder / f"{name}.pt") if folder else None
+        self._count(kind, "disk" if value is not None else "computed")
+        if value is None:
+            value = build()
+            if folder:
+                with timed():
+                    self._write(patient, {folder / f"{name}.pt": value})
+        entries[name] = value
+        return value
+
+    def activations(self, patient: Patient, texts: Sequence[str], positions: Sequence[Sequence[int]],
+                    layers: Sequence[int], kind: str = "contrast") -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """`activations_at`, per prompt from memory or disk where it was computed before (a contrast prompt recurs
+        in every request with a question of its form); the missing ones in one batched call."""
+        entries, folder = self._state(patient)["entries"], self._folder(patient)
+        names = [f"{kind}-{digest([t, list(p), list(layers)])}" for t, p in zip(texts, positions)]
+        found: dict[str, Any] = {}
+        for name in dict.fromkeys(names):
+            value = entries.get(name)
+            if value is not None:
+                self._count(kind, "memory")
+            elif folder and (value := self._read(folder / kind / f"{name}.pt")) is not None:
+                self._count(kind, "disk")
+            if value is not None:
+                found[name] = entries[name] = value
+        todo = [i for i, name in enumerate(names) if name not in found and names.index(name) == i]
+        if todo:
+            self._count(kind, "computed", len(todo))
+            acts = activations_at(patient, [texts[i] for i in todo], [positions[i] for i in todo], layers)
+            dtype, offset = next(patient.model.parameters()).dtype, 0
+            for i in todo:  # stored in the model's dtype, which the activations came in: a lossless round trip
+                n = len(positions[i])
+                value = {l: (k[offset:offset + n].to(dtype), v[offset:offset + n].to(dtype))
+                         for l, (k, v) in acts.items()}
+                offset += n
+                found[names[i]] = entries[names[i]] = value
+            if folder:
+                self._write(patient, {folder / kind / f"{names[i]}.pt": found[names[i]] for i in todo})
+        return {l: (torch.cat([found[n][l][0] for n in names]).double(), torch.cat([found[n][l][1] for n in names]).double())
+                for l in layers}
+
+
+_MEMORY: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()  # KeyCache, per model
+
+
+def digest(value: Any) -> str:
+    """A short stable name for what an entry depends on."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
 def fresh_unknown_subjects(n: int, seed: int) -> list[str]:
@@ -101,48 +205,64 @@ def contrasts(patient: Patient, settings: StampSettings, templates: Sequence[QA]
     """Questions of the forget questions' form about *other* subjects, held at the answer start: the edit must
     then key on what is specific to the forget subject, not on the question's format (measured: without them
     every multiple-choice question of `harmful` was refused). The forms are the retain buffer's questions (the
-    same templates as the forget set's in the built-in suites, and the same for every request, so their keys
-    are cached: `contrast_source: buffer`, fast) or the forget questions themselves (`forget`, the default:
-    measured to keep more retain answers, docs/stamp.md). Each contrast takes the next subject of a pool (the
-    buffer's, the refused ones, made-up ones: more distinct subjects kept more retain answers, docs/stamp.md)
-    and, for multiple choice, options re-drawn from the templates' options of the same attribute. Where the
-    subject is the whole question (`misinformation`) or is not named in it (WMDP, MMLU, TOFU, JSONL without
-    subjects), the question stem is swapped for another question, options block and instruction kept. Made-up
-    subjects come from the task's own generator (`Task.subject_pool`: fresh pathogens for `harmful`, not person
-    names). The first `contrast_neighbours` share of each template's contrasts takes the subjects whose tokens
-    overlap the forget subject's most ("Nalwexian blight" for "Nalzanian plague"): the answer-start key carries the
-    subject through its subword tokens, and the retain questions an edit reached most were about such
-    look-alikes (docs/stamp.md)."""
+    same templates as the forget set's in the built-in suites: `contrast_source: buffer`) or the forget questions
+    themselves (`forget`, the default: measured to keep more retain answers, docs/stamp.md). Each contrast takes
+    another subject of a pool (the buffer's, the refused ones, made-up ones: more distinct subjects kept more
+    retain answers, docs/stamp.md) and, for multiple choice, options re-drawn from the templates' options of the
+    same attribute. Where the subject is the whole question (`misinformation`) or is not named in it (WMDP, MMLU,
+    TOFU, JSONL without subjects), the question stem is swapped for another question, options block and
+    instruction kept. Made-up subjects come from the task's own generator (`Task.subject_pool`: fresh pathogens
+    for `harmful`, not person names).
+
+    The `n` contrasts are shared round-robin over the distinct forms (a template with its subject and options taken
+    out), and a form's k-th contrast depends only on the form, k, the pool and the seed: each form orders the pool
+    by a hash of (seed, form, subject), which one request's `avoid` does not reshuffle. So a question form recurs
+    with the same contrast prompts in every request that asks it (pii: "Where does X live?" for any X), and their
+    keys come from the `KeyCache`. The first `contrast_neighbours` share of each form's contrasts takes the
+    subjects whose tokens overlap the forget subject's most ("Nalwexian blight" for "Nalzanian plague"): the
+    answer-start key carries the subject through its subword tokens, and the retain questions an edit reached most
+    were about such look-alikes (docs/stamp.md)."""
     n = settings.contrast_prompts
     if n <= 0 or not templates:
         return None
-    rng = random.Random(settings.seed)
     whole = [subject_is_question(q) for q in templates]
+    owns = [stem(q.question, q.choices) if w else q.subject for q, w in zip(templates, whole)]
     pools: dict[bool, list[str]] = {}
     if not all(whole):  # other subjects in the same question
-        own = [q.subject for q, w in zip(templates, whole) if not w]
         extra = refs.subject_pool or fresh_unknown_subjects(n, settings.seed)
+        own = [o for o, w in zip(owns, whole) if not w]
         pools[False] = [s for s in dict.fromkeys([*own, *refs.unknown_subjects, *extra]) if s not in avoid]
     if any(whole):  # other questions in the same form (options block, instruction)
-        own = [stem(q.question, q.choices) for q, w in zip(templates, whole) if w]
+        own = [o for o, w in zip(owns, whole) if w]
         pools[True] = [s for s in dict.fromkeys([*own, *refs.unknown_subjects, *GENERAL_QUESTIONS]) if s not in avoid]
     options: dict[str, list[str]] = {}
     for q in templates:
         options.setdefault(q.attribute, []).extend(c for c in q.choices if c not in options[q.attribute])
-    near = round(settings.contrast_neighbours * -(-n // len(templates)))
-    ranked: dict[str, list[str]] = {}
+    forms: dict[str, tuple[QA, bool, list[str]]] = {}  # form -> (first template, whole, its templates' own subjects)
+    for q, w, own in zip(templates, whole, owns):
+        form = q.question.replace(own, "{}", 1 if w else -1)
+        form = json.dumps([with_options(form, q.choices, ["{}"] * len(q.choices)) if q.choices else form, q.attribute])
+        forms.setdefault(form, (q, w, []))[2].append(own)
+    preferred = {*owns, *refs.unknown_subjects}  # the templates' own and the refused subjects first, as the buffer's
+    per_form = -(-n // len(forms))
+    near = round(settings.contrast_neighbours * per_form)
+    subjects: dict[str, list[str]] = {}
+    for form, (q, w, own) in forms.items():
+        others = [s for s in pools[w] if s not in own]
+        ordered = sorted(others, key=lambda s: (s not in preferred, digest([settings.seed, form, s])))
+        if near and not w:
+            ranked = nearest(patient.tokenizer, own[0], others)[:near]
+            ordered = ranked + [s for s in ordered if s not in ranked]
+        subjects[form] = ordered
     questions = []
     for i in range(n):
-        j, k = i % len(templates), i // len(templates)  # the k-th contrast of template j
-        q = templates[j]
-        own = stem(q.question, q.choices) if whole[j] else q.subject
-        others = [s for s in pools[whole[j]] if s != own]
-        if k < near and not whole[j] and own not in ranked:
-            ranked[own] = nearest(patient.tokenizer, own, others)
-        other = ranked[own][k] if k < near and not whole[j] else others[(k + i) % len(others)]
-        text = q.question.replace(own, other, 1 if whole[j] else -1)
+        form, k = list(forms)[i % len(forms)], i // len(forms)  # the k-th contrast of a form
+        q, w, own = forms[form]
+        other = subjects[form][k % len(subjects[form])]
+        text = q.question.replace(own[0], other, 1 if w else -1)
         if q.choices and len(options[q.attribute]) >= len(q.choices):
-            text = with_options(text, q.choices, rng.sample(options[q.attribute], len(q.choices)))
+            drawn = random.Random(digest([settings.seed, form, k])).sample(options[q.attribute], len(q.choices))
+            text = with_options(text, q.choices, drawn)
         questions.append(text)
     return answer_starts(patient, questions)
 
@@ -168,7 +288,7 @@ def generic_keys(patient: Patient, layers: list[int], refs: References, cache: K
         with phase("generic_keys"):
             texts = [chat_prompt(patient.tokenizer, q) for q in GENERAL_QUESTIONS] + refs.generic_texts[:16]
             return activations_at(patient, texts, [token_positions(patient.tokenizer, t) for t in texts], layers)
-    return cache.get("generic", patient, layers, (len(refs.generic_texts),), build)
+    return cache.get("generic", patient, layers, refs.generic_texts[:16], build, disk=False)  # only the Gram is stored
 
 
 def held_system(patient: Patient, settings: StampSettings, layers: list[int], forget: Sequence[QA],
@@ -208,13 +328,16 @@ def held_system(patient: Patient, settings: StampSettings, layers: list[int], fo
                           "values_sq": float(values.norm()) ** 2, "generic_keys": int(len(k_c))}
         return out
 
-    weights = (w_r, w_x, lam, n_contrasts if from_buffer else 0)
-    static = cache.get("held", patient, layers, (tuple(q.question for q in retain_buffer), weights), build)
+    depends = {"buffer": [dataclasses.astuple(q) for q in retain_buffer], "generic": refs.generic_texts[:16],
+               "settings": [settings.keys, settings.span_tokens, w_r, w_x, lam, n_contrasts if from_buffer else 0]}
+    if from_buffer and n_contrasts:  # the buffer's contrasts are part of it
+        depends |= {"refs": dataclasses.asdict(refs), "contrasts": [settings.seed, settings.contrast_neighbours]}
+    static = cache.get("held", patient, layers, depends, build, phase=phase)
     if from_buffer or not n_contrasts:
         return {l: {**h, "static": h} for l, h in static.items()}
     avoid = frozenset(q.subject for q in forget) | {stem(q.question, q.choices) for q in forget}
     with phase("contrast_keys"):
-        x_acts = activations_at(patient, *contrasts(patient, settings, forget, refs, avoid), layers)
+        x_acts = cache.activations(patient, *contrasts(patient, settings, forget, refs, avoid), layers)
     with phase("held_gram"):
         return {layer: add_contrasts(h, *x_acts[layer], w_x) for layer, h in static.items()}
 

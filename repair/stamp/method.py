@@ -17,7 +17,7 @@ from repair.patches import Delta, Patch
 from repair.patient import Patient
 from repair.progress import Phases
 from repair.refusal import activations_at
-from repair.stamp.calibrate import apply_calibrated, last_logits
+from repair.stamp.calibrate import LowerLayers, apply_calibrated, last_logits
 from repair.stamp.keys import KeyCache, References, counterfactuals, forget_prompts, held_system
 from repair.stamp.settings import StampLowRankSettings, StampSettings
 from repair.stamp.solve import full_solve, lowrank_solve, top_directions
@@ -40,6 +40,7 @@ class Edit:
     forget_texts: list[str]
     openers: list[int] = field(default_factory=list)
     forget_logits: torch.Tensor | None = None  # the unedited next-token logits of the forget prompts
+    lower: LowerLayers | None = None  # what the unedited layers below the edited ones output on them
     phases: Phases = field(default_factory=Phases)  # wall seconds per phase, fit and apply
 
 
@@ -52,7 +53,7 @@ class Stamp(MethodBase):
     def __init__(self, settings: StampSettings):
         super().__init__(settings)
         self.refs = References()
-        self.cache = KeyCache()  # held keys that are the same for every request
+        self.cache = KeyCache(on_disk=settings.store_keys)  # what is the same for every request
 
     def prepare(self, task: Task) -> None:
         """Task-level references: subjects the patient refuses (taught in implant) and ordinary text."""
@@ -70,7 +71,7 @@ class Stamp(MethodBase):
                 u_texts, u_pos = counterfactuals(patient, s, forget, f_pos, self.refs)
             choice = choose_layers(patient, s, forget, f_texts, f_pos)
         layers = choice.layers
-        u_acts, openers, f_logits, readout = None, [], None, None
+        u_acts, openers, f_logits, readout, lower = None, [], None, None, None
         if s.target in ("unknown", "direction"):
             with phase("unknown_keys"):
                 u_acts = activations_at(patient, u_texts, u_pos, layers)
@@ -78,7 +79,8 @@ class Stamp(MethodBase):
             with phase("forget_logits"):
                 openers = refusal_openers(patient.tokenizer, s.num_refusals,
                                           multiple_choice=any(q.choices for q in forget))
-                f_logits = last_logits(patient, f_texts)
+                lower = LowerLayers.of(patient, min(layers))  # the calibration passes replay the layers below
+                f_logits = last_logits(patient, f_texts, keep=lower)
                 readout = readout_directions(patient, openers, f_logits)
         held = held_system(patient, s, layers, forget, retain_buffer, self.refs, self.cache, phase)
 
@@ -89,7 +91,7 @@ class Stamp(MethodBase):
                       "rank": min(rank, width) if self.lowrank else None}
         if self.lowrank and rank > width:
             provenance["rank_requested"] = rank
-        return Edit(deltas, provenance, per_layer, layers, choice.separation, f_texts, openers, f_logits, phase)
+        return Edit(deltas, provenance, per_layer, layers, choice.separation, f_texts, openers, f_logits, lower, phase)
 
     def solve(self, patient: Patient, choice: LayerChoice, held: dict[int, dict], readout: torch.Tensor | None, u_acts: dict | None
               ) -> tuple[list[Delta], dict[int, dict], int, int]:
@@ -133,7 +135,7 @@ class Stamp(MethodBase):
         """Put the edit on the weights, each forget prompt at its calibrated strength (repair/stamp/calibrate.py);
         returns the applied patch and the calibration's steps."""
         return apply_calibrated(patient, self.settings, edit.deltas, edit.provenance, forget, edit.forget_texts,
-                                retain_buffer, edit.openers, edit.forget_logits, self.cache, edit.phases)
+                                retain_buffer, edit.openers, edit.forget_logits, self.cache, edit.phases, edit.lower)
 
     @staticmethod
     def revert(patient: Patient, patch: Patch) -> None:
@@ -141,6 +143,7 @@ class Stamp(MethodBase):
         patch.revert(patient.model)
 
     def unlearn(self, patient: Patient, forget: list[QA], retain_buffer: list[QA]) -> Unlearned:
+        self.cache.counts = {}
         edit = self.fit(patient, forget, retain_buffer)
         patch, calibration = self.apply(patient, edit, forget, retain_buffer)
         for stats, delta in zip(edit.per_layer.values(), patch.deltas):  # norms at the applied strengths
@@ -150,7 +153,7 @@ class Stamp(MethodBase):
                            for l, s in edit.per_layer.items()))
         log.info("%s phases: %s", self.name, edit.phases.summary())
         report = {"layers": edit.layers, "separation": edit.separation, "per_layer": edit.per_layer,
-                  "phases": edit.phases.seconds, "calibration": calibration, "patch": patch.provenance}
+                  "phases": edit.phases.seconds, "key_cache": self.cache.counts, "calibration": calibration, "patch": patch.provenance}
         return Unlearned(report, patch)
 
 

@@ -38,6 +38,7 @@ class StampSettings(MethodSettings):
     refusal_rank: int
     num_refusals: int
     max_relative_norm: float | None
+    store_keys: bool
     seed: int
 
     def check(self) -> None:

@@ -46,17 +46,21 @@ def top_directions(gram: torch.Tensor, q: int, seed: int = 0) -> torch.Tensor:
     return u
 
 
-def krylov_basis(gram: torch.Tensor, k_f: torch.Tensor, steps: int, max_columns: int | None = None) -> torch.Tensor:
-    """Orthonormal basis (m × ≤ steps·n, at most `max_columns`) of the block Krylov space {K_fᵀ, G K_fᵀ, …,
-    G^(steps-1) K_fᵀ}: it holds the truncated conjugate-gradient approximation of (G + εI)⁻¹ K_fᵀ, the row space of
-    the full solve's edit (the εI and K_fᵀK_f terms of A leave the space unchanged). Re-orthogonalised twice per
-    block."""
+def krylov_basis(gram: torch.Tensor, k_f: torch.Tensor, steps: int, max_columns: int | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Orthonormal basis Q (m × ≤ steps·n, at most `max_columns`) of the block Krylov space {K_fᵀ, G K_fᵀ, …,
+    G^(steps-1) K_fᵀ}, and G Q: the space holds the truncated conjugate-gradient approximation of (G + εI)⁻¹ K_fᵀ,
+    the row space of the full solve's edit (the εI and K_fᵀK_f terms of A leave the space unchanged).
+    Re-orthogonalised twice per block. G Q comes from the products the recurrence computes anyway (plus one for the
+    last block), so QᵀGQ costs O(m r²), not the O(m² r) of multiplying G by Q again: at width 1536 and r = 256 that
+    product was most of the low-rank solve."""
     basis, _ = torch.linalg.qr(k_f.T)
-    block = basis
-    for _ in range(steps - 1):
-        if max_columns is not None and basis.shape[1] >= max_columns:
-            break
+    block, products = basis, []
+    while True:
         w = gram @ block
+        products.append(w)
+        if len(products) >= steps or (max_columns is not None and basis.shape[1] >= max_columns):
+            break
         for _ in range(2):
             w = w - basis @ (basis.T @ w)
         block, r = torch.linalg.qr(w)
@@ -65,7 +69,7 @@ def krylov_basis(gram: torch.Tensor, k_f: torch.Tensor, steps: int, max_columns:
             break
         block = block[:, keep]
         basis = torch.cat([basis, block], dim=1)
-    return basis
+    return basis, torch.cat(products, dim=1)[:, :basis.shape[1]]
 
 
 def lowrank_solve(k_f: torch.Tensor, t: torch.Tensor, gram: torch.Tensor, eps_scale: float, rank: int,
@@ -83,18 +87,28 @@ def lowrank_solve(k_f: torch.Tensor, t: torch.Tensor, gram: torch.Tensor, eps_sc
     room for them (with Krylov steps it often fills the rank alone, and a top-directions SVD of a full-width Gram
     cost 7× the whole low-rank solve at width 1536)."""
     m = gram.shape[0]
+    gu = None  # G U, where the Krylov recurrence has it already
     if rank >= m:
         u = torch.eye(m, dtype=gram.dtype)
     else:
-        own = krylov_basis(gram, k_f, krylov_steps, rank)[:, :rank] if krylov_steps > 0 else k_f[:rank // 2].T
+        if krylov_steps > 0:
+            own, gu = krylov_basis(gram, k_f, krylov_steps, rank)
+            own, gu = own[:, :rank], gu[:, :rank]
+        else:
+            own = k_f[:rank // 2].T
         n_f = own.shape[1]
         if rank > n_f and callable(directions):
             directions = directions()
         if rank > n_f and (directions is None or directions.shape[1] < rank - n_f):
             directions = top_directions(gram, rank - n_f, seed)
-        parts = [own, directions[:, :rank - n_f]] if rank > n_f else [own]
-        u, _ = torch.linalg.qr(torch.cat(parts, dim=1))  # (m, ≤ r), orthonormal
+        if rank > n_f or gu is None:  # the space is more than the (orthonormal) Krylov basis
+            parts = [own, directions[:, :rank - n_f]] if rank > n_f else [own]
+            u, _ = torch.linalg.qr(torch.cat(parts, dim=1))  # (m, ≤ r), orthonormal
+            gu = None
+        else:
+            u = own
     fu = k_f @ u                                                # (n, r)
-    a = u.T @ (gram @ u) + fu.T @ fu
+    ugu = u.T @ (gram @ u if gu is None else gu)
+    a = (ugu + ugu.T) / 2 + fu.T @ fu
     a.diagonal().add_(ridge_eps(gram, k_f, eps_scale))
     return t.T.contiguous(), torch.linalg.solve(a, fu.T).T @ u.T  # ΔW = Tᵀ (F A⁻¹) Uᵀ: (d, n), (n, m)
