@@ -42,8 +42,10 @@ class Method(Protocol):
     name: str
     Settings: ClassVar[type]
 
-    def prepare(self, task: Task) -> None:
-        """Take task-level references before the first request (e.g. STAMP's refused subjects)."""
+    def prepare(self, task: Task, session: dict | None = None) -> None:
+        """Take task-level references before the first request (e.g. STAMP's refused subjects). A chat builds a
+        method per request and passes the same `session` dict each time: state worth keeping across its requests
+        (STAMP's key cache) lives there."""
 
     def unlearn(self, patient: Patient, forget: list[QA], retain_buffer: list[QA]) -> Unlearned:
         """Edit `patient` in place so it forgets `forget` while keeping `retain_buffer`."""
@@ -58,7 +60,7 @@ class MethodBase:
     def __init__(self, settings):
         self.settings = settings
 
-    def prepare(self, task: Task) -> None:
+    def prepare(self, task: Task, session: dict | None = None) -> None:
         return None
 
 

@@ -26,7 +26,6 @@ import pandas as pd
 from repair.evaluate import evaluate
 from repair.methods import build_method, load_builtin
 from repair.setup import compose, implanted_patient, method_config, start
-from repair.stamp import keys
 from repair.tasks import build_task
 
 log = logging.getLogger("bench_scaling")
@@ -53,7 +52,6 @@ def measure(sizes: list[int], methods: list[str], overrides: list[str]) -> pd.Da
             if stamp:
                 patient.cache_dir = Path(tempfile.mkdtemp(prefix="scaling-keys-"))
             for store in (["cold", "warm"] if stamp else [""]):
-                keys._MEMORY.pop(patient.model, None)
                 patient.restore(pristine)
                 method = build_method(method_config(name, int(cfg.seed)))
                 method.prepare(task)

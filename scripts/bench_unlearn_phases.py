@@ -30,7 +30,6 @@ import torch
 
 from repair.methods import build_method
 from repair.setup import compose, implanted_patient, method_config, start
-from repair.stamp import keys
 
 STAMPS = ("stamp", "stamp_lowrank")
 
@@ -52,7 +51,6 @@ def timings(cfg, baselines: list[str]) -> None:
     plan = [(f"{n} cold", n, task.forget) for n in STAMPS] + [(f"{n} warm", n, task.forget) for n in STAMPS] + [
         (f"{n} single", n, task.forget[:1]) for n in STAMPS] + [(n, n, task.forget) for n in baselines]
     for label, name, forget in plan:
-        keys._MEMORY.pop(patient.model, None)  # cold: the store is empty; warm: as a new process would find it
         if label.endswith("cold"):
             patient.cache_dir = Path(tempfile.mkdtemp(prefix="bench-keys-"))
         patient.restore(pristine)

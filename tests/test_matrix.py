@@ -97,4 +97,7 @@ def test_method_runs_on_task(task, method, sources, make_cfg, tmp_path):
                                          "calibration_passes"}}.get(kind := method.split("_")[0], {"encode", "train"})
     assert expected <= set(phases), (method, phases)
     assert sum(phases.values()) <= results["runtime_s"]["unlearn"] + 1e-3, (phases, results["runtime_s"])
+    if kind == "stamp":  # where the held keys came from: memory, the key store on disk, or forward passes
+        counts = results["unlearn"]["key_cache"]
+        assert {"held", "contrast"} <= set(counts) and all(sum(c.values()) >= 1 for c in counts.values()), counts
     assert (tmp_path / "results.json").exists()

@@ -255,8 +255,8 @@ def test_contrasts_vary_subjects_and_options_but_never_name_a_forget_subject(mak
 
 
 def test_a_question_form_gets_the_same_contrasts_in_every_request(make_cfg, fresh_patient):
-    """Contrasts depend on the question's form, not on who it is about or what else the request holds: a chat's
-    second "Where does X live?" reuses the first one's contrast keys (KeyCache)."""
+    """A one-question request's contrasts depend on the question's form, not on who it is about: a chat's second
+    "Where does X live?" reuses the first one's contrast keys (KeyCache)."""
     patient, task = fresh_patient
     stamp = build_method(make_cfg("method=stamp", "method.contrast_prompts=12").method)
     stamp.prepare(task)
@@ -271,9 +271,6 @@ def test_a_question_form_gets_the_same_contrasts_in_every_request(make_cfg, fres
     alone = texts([first])
     assert len(alone) == 12 and alone == texts([second])
     assert not any(first.subject in t or other in t for t in alone)
-    # in a request of two forms, each form's contrasts are the first ones it gets alone
-    mixed = texts([first, task.forget[1]])
-    assert mixed[0::2] == alone[:6] and len(set(mixed)) == 12
 
 
 def test_key_store_serves_a_later_run_bit_for_bit_and_never_keys_of_other_weights(make_cfg, fresh_patient, tmp_path,
@@ -289,8 +286,7 @@ def test_key_store_serves_a_later_run_bit_for_bit_and_never_keys_of_other_weight
         cfg = make_cfg("method=stamp", *TINY_STAMP)
         factors, counts = [], []
         for _ in range(2):
-            keys._MEMORY.pop(patient.model, None)  # as a new process would start
-            stamp = build_method(cfg.method)
+            stamp = build_method(cfg.method)  # a new method: its memory is empty, as in a new process
             stamp.prepare(task)
             unlearned = stamp.unlearn(patient, task.forget, task.retain_buffer)
             factors.append([t.clone() for d in unlearned.patch.deltas for t in (d.left, d.right)])
@@ -314,16 +310,15 @@ def test_key_store_serves_a_later_run_bit_for_bit_and_never_keys_of_other_weight
             weight.copy_(original)
         folder = cache._folder(patient)
         assert not list(folder.glob("probe-*.pt"))  # computed on other weights than the digested ones: not stored
+        cache.reset()  # the next request, on the digested weights again: written
         cache.get("probe", patient, [0], {"n": 2}, lambda: torch.ones(3))
         (stored,) = folder.glob("probe-*.pt")
         stored.write_bytes(b"not a tensor")
-        keys._MEMORY.pop(patient.model, None)
         assert torch.equal(keys.KeyCache().get("probe", patient, [0], {"n": 2}, lambda: torch.zeros(3)), torch.zeros(3))
         assert "unreadable key store entry" in caplog.text
         assert torch.equal(torch.load(stored, weights_only=True), torch.zeros(3))  # replaced by the recomputed one
     finally:
         patient.cache_dir = cache_dir
-        keys._MEMORY.pop(patient.model, None)
 
 
 def test_calibration_passes_replay_the_unedited_layers_bit_for_bit(fresh_patient):

@@ -70,6 +70,7 @@ class RepairSession:
         self.chat_cfg = cfg.chat
         self.history: list[Turn] = []
         self.active: list[tuple[str, Patch]] = []  # applied edits, in the order they were applied
+        self.method_state: dict = {}  # what methods keep across this session's requests (Method.prepare)
 
     def method_settings(self, name: str) -> dict:
         """The settings of method `name` for a repair plan: the session's method config (with the user's
@@ -170,7 +171,7 @@ class RepairSession:
         buffer = [q for q in self.task.retain_buffer if not (subject and (q.subject == subject or subject in q.question))]
         try:
             method = build_method(method_cfg)
-            method.prepare(self.task)
+            method.prepare(self.task, self.method_state)
             unlearned = method.unlearn(self.patient, forget, buffer)
         except (PatchRejected, ValueError) as err:
             latency["edit"] = time.perf_counter() - t0

@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import random
-import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -53,38 +52,49 @@ class References:
 
 class KeyCache:
     """What STAMP computes from the patient that does not depend on the forget request: the held system (generic
-    text, the retain buffer), contrast keys per prompt, the buffer's opening tokens.
+    text, the retain buffer), contrast keys per prompt, the buffer's opening tokens, STAMP-LR's top directions.
 
-    Two levels. In memory, per model object and shared by every method on it (the chat builds one per request):
-    taken on the weights at first use, so a later request in a chat session sees them as they were before earlier
-    edits, a small approximation (the edits hold these very keys in place) that keeps one edit fast. On disk
-    (`on_disk`, under the patient's `cache_dir`), in a folder named by the digest of the weights they were computed
-    on, as MEMIT keeps its layer statistics: a later run or session on the same weights reads them instead of
-    running the forward passes again. An entry is written only while the weights are still the digested ones, so
-    the disk never holds keys of other weights; writes are atomic, and an unreadable entry is recomputed.
-    `counts` says, per kind, how many entries came from memory, disk or a forward pass."""
+    Two levels. In memory, for the life of this cache (one method: a run's requests, or a chat session, which shares
+    one cache over its requests): taken on the weights at first use, so a later request in a session sees them as
+    they were before earlier edits, a small approximation (the edits hold these very keys in place) that keeps one
+    edit fast. On disk (`on_disk`, under the patient's `cache_dir`), in a folder named by the digest of the weights
+    at first use, as MEMIT keeps its layer statistics: a later run or session on the same weights reads them instead
+    of running the forward passes again. An entry is written only while the weights are still the digested ones,
+    so the disk never holds keys of other weights; writes are atomic, and an unreadable entry is recomputed.
+    `counts` says, per kind, how many entries of the last request came from memory, disk or a forward pass."""
 
     def __init__(self, on_disk: bool = True):
         self.on_disk = on_disk
+        self._entries: dict[str, Any] = {}
+        self._digest: str | None = None  # of the weights at first use
+        self._model: Any = None
+        self.reset()
+
+    def reset(self) -> None:
+        """A new request: fresh counts, and the weights are checked again before the next write."""
         self.counts: dict[str, dict[str, int]] = {}
+        self._writable: bool | None = None
 
     def _count(self, kind: str, source: str, n: int = 1) -> None:
         self.counts.setdefault(kind, {"memory": 0, "disk": 0, "computed": 0})[source] += n
 
-    @staticmethod
-    def _state(patient: Patient) -> dict:
-        return _MEMORY.setdefault(patient.model, {"digest": None, "entries": {}})
+    def _memory(self, patient: Patient) -> dict[str, Any]:
+        if self._model is not patient.model:  # another model: nothing in memory is its
+            self._entries, self._digest, self._model = {}, None, patient.model
+        return self._entries
 
     def _folder(self, patient: Patient) -> Path | None:
         if not self.on_disk or patient.cache_dir is None:
             return None
-        state = self._state(patient)
-        if state["digest"] is None:
-            state["digest"] = patient.weights_digest()
-        return patient.cache_dir / "stamp_keys" / f"{patient.name}-{state['digest']}"
+        self._memory(patient)
+        if self._digest is None:
+            self._digest = patient.weights_digest()
+        return patient.cache_dir / "stamp_keys" / f"{patient.name}-{self._digest}"
 
     def _write(self, patient: Patient, files: dict[Path, Any]) -> None:
-        if patient.weights_digest() != self._state(patient)["digest"]:
+        if self._writable is None:  # once per request: a request computes all it stores before it edits
+            self._writable = patient.weights_digest() == self._digest
+        if not self._writable:
             return  # the weights changed since (an edit is on): these keys are not the digested weights' keys
         for path, value in files.items():
             with atomic_path(path) as tmp:
@@ -104,7 +114,7 @@ class KeyCache:
         the weights), built with `build()` where neither level has it. Disk reads and writes are timed as `phase`
         "key_store"."""
         name = f"{kind}-{digest([list(layers), extra])}"
-        entries = self._state(patient)["entries"]
+        entries = self._memory(patient)
         if name in entries:
             self._count(kind, "memory")
             return entries[name]
@@ -125,7 +135,7 @@ class KeyCache:
                     layers: Sequence[int], kind: str = "contrast") -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
         """`activations_at`, per prompt from memory or disk where it was computed before (a contrast prompt recurs
         in every request with a question of its form); the missing ones in one batched call."""
-        entries, folder = self._state(patient)["entries"], self._folder(patient)
+        entries, folder = self._memory(patient), self._folder(patient)
         names = [f"{kind}-{digest([t, list(p), list(layers)])}" for t, p in zip(texts, positions)]
         found: dict[str, Any] = {}
         for name in dict.fromkeys(names):
@@ -136,7 +146,11 @@ class KeyCache:
                 self._count(kind, "disk")
             if value is not None:
                 found[name] = entries[name] = value
-        todo = [i for i, name in enumerate(names) if name not in found and names.index(name) == i]
+        first: dict[str, int] = {}  # each missing prompt once
+        for i, name in enumerate(names):
+            if name not in found:
+                first.setdefault(name, i)
+        todo = list(first.values())
         if todo:
             self._count(kind, "computed", len(todo))
             acts = activations_at(patient, [texts[i] for i in todo], [positions[i] for i in todo], layers)
@@ -151,9 +165,6 @@ class KeyCache:
                 self._write(patient, {folder / kind / f"{names[i]}.pt": found[names[i]] for i in todo})
         return {l: (torch.cat([found[n][l][0] for n in names]).double(), torch.cat([found[n][l][1] for n in names]).double())
                 for l in layers}
-
-
-_MEMORY: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()  # KeyCache, per model
 
 
 def digest(value: Any) -> str:
@@ -205,64 +216,51 @@ def contrasts(patient: Patient, settings: StampSettings, templates: Sequence[QA]
     """Questions of the forget questions' form about *other* subjects, held at the answer start: the edit must
     then key on what is specific to the forget subject, not on the question's format (measured: without them
     every multiple-choice question of `harmful` was refused). The forms are the retain buffer's questions (the
-    same templates as the forget set's in the built-in suites: `contrast_source: buffer`) or the forget questions
-    themselves (`forget`, the default: measured to keep more retain answers, docs/stamp.md). Each contrast takes
-    another subject of a pool (the buffer's, the refused ones, made-up ones: more distinct subjects kept more
-    retain answers, docs/stamp.md) and, for multiple choice, options re-drawn from the templates' options of the
-    same attribute. Where the subject is the whole question (`misinformation`) or is not named in it (WMDP, MMLU,
-    TOFU, JSONL without subjects), the question stem is swapped for another question, options block and
-    instruction kept. Made-up subjects come from the task's own generator (`Task.subject_pool`: fresh pathogens
-    for `harmful`, not person names).
-
-    The `n` contrasts are shared round-robin over the distinct forms (a template with its subject and options taken
-    out), and a form's k-th contrast depends only on the form, k, the pool and the seed: each form orders the pool
-    by a hash of (seed, form, subject), which one request's `avoid` does not reshuffle. So a question form recurs
-    with the same contrast prompts in every request that asks it (pii: "Where does X live?" for any X), and their
-    keys come from the `KeyCache`. The first `contrast_neighbours` share of each form's contrasts takes the
-    subjects whose tokens overlap the forget subject's most ("Nalwexian blight" for "Nalzanian plague"): the
-    answer-start key carries the subject through its subword tokens, and the retain questions an edit reached most
-    were about such look-alikes (docs/stamp.md)."""
+    same templates as the forget set's in the built-in suites, and the same for every request, so their keys
+    are cached: `contrast_source: buffer`, fast) or the forget questions themselves (`forget`, the default:
+    measured to keep more retain answers, docs/stamp.md). Each contrast takes the next subject of a pool (the
+    buffer's, the refused ones, made-up ones: more distinct subjects kept more retain answers, docs/stamp.md)
+    and, for multiple choice, options re-drawn from the templates' options of the same attribute. Where the
+    subject is the whole question (`misinformation`) or is not named in it (WMDP, MMLU, TOFU, JSONL without
+    subjects), the question stem is swapped for another question, options block and instruction kept. Made-up
+    subjects come from the task's own generator (`Task.subject_pool`: fresh pathogens for `harmful`, not person
+    names). A one-question request's contrasts depend only on its question's form (with its options, for multiple
+    choice) and the pool: the k-th takes the pool's 2k-th subject. So a chat's next question of the same form
+    ("Where does X live?" for another X) gets the same contrast prompts, and their keys come from the `KeyCache`.
+    The first `contrast_neighbours` share of each template's contrasts takes the subjects whose tokens overlap the
+    forget subject's most ("Nalwexian blight" for "Nalzanian plague"): the answer-start key carries the subject
+    through its subword tokens, and the retain questions an edit reached most were about such look-alikes
+    (docs/stamp.md)."""
     n = settings.contrast_prompts
     if n <= 0 or not templates:
         return None
+    rng = random.Random(settings.seed)
     whole = [subject_is_question(q) for q in templates]
-    owns = [stem(q.question, q.choices) if w else q.subject for q, w in zip(templates, whole)]
     pools: dict[bool, list[str]] = {}
     if not all(whole):  # other subjects in the same question
+        own = [q.subject for q, w in zip(templates, whole) if not w]
         extra = refs.subject_pool or fresh_unknown_subjects(n, settings.seed)
-        own = [o for o, w in zip(owns, whole) if not w]
         pools[False] = [s for s in dict.fromkeys([*own, *refs.unknown_subjects, *extra]) if s not in avoid]
     if any(whole):  # other questions in the same form (options block, instruction)
-        own = [o for o, w in zip(owns, whole) if w]
+        own = [stem(q.question, q.choices) for q, w in zip(templates, whole) if w]
         pools[True] = [s for s in dict.fromkeys([*own, *refs.unknown_subjects, *GENERAL_QUESTIONS]) if s not in avoid]
     options: dict[str, list[str]] = {}
     for q in templates:
         options.setdefault(q.attribute, []).extend(c for c in q.choices if c not in options[q.attribute])
-    forms: dict[str, tuple[QA, bool, list[str]]] = {}  # form -> (first template, whole, its templates' own subjects)
-    for q, w, own in zip(templates, whole, owns):
-        form = q.question.replace(own, "{}", 1 if w else -1)
-        form = json.dumps([with_options(form, q.choices, ["{}"] * len(q.choices)) if q.choices else form, q.attribute])
-        forms.setdefault(form, (q, w, []))[2].append(own)
-    preferred = {*owns, *refs.unknown_subjects}  # the templates' own and the refused subjects first, as the buffer's
-    per_form = -(-n // len(forms))
-    near = round(settings.contrast_neighbours * per_form)
-    subjects: dict[str, list[str]] = {}
-    for form, (q, w, own) in forms.items():
-        others = [s for s in pools[w] if s not in own]
-        ordered = sorted(others, key=lambda s: (s not in preferred, digest([settings.seed, form, s])))
-        if near and not w:
-            ranked = nearest(patient.tokenizer, own[0], others)[:near]
-            ordered = ranked + [s for s in ordered if s not in ranked]
-        subjects[form] = ordered
+    near = round(settings.contrast_neighbours * -(-n // len(templates)))
+    ranked: dict[str, list[str]] = {}
     questions = []
     for i in range(n):
-        form, k = list(forms)[i % len(forms)], i // len(forms)  # the k-th contrast of a form
-        q, w, own = forms[form]
-        other = subjects[form][k % len(subjects[form])]
-        text = q.question.replace(own[0], other, 1 if w else -1)
+        j, k = i % len(templates), i // len(templates)  # the k-th contrast of template j
+        q = templates[j]
+        own = stem(q.question, q.choices) if whole[j] else q.subject
+        others = [s for s in pools[whole[j]] if s != own]
+        if k < near and not whole[j] and own not in ranked:
+            ranked[own] = nearest(patient.tokenizer, own, others)
+        other = ranked[own][k] if k < near and not whole[j] else others[(k + i) % len(others)]
+        text = q.question.replace(own, other, 1 if whole[j] else -1)
         if q.choices and len(options[q.attribute]) >= len(q.choices):
-            drawn = random.Random(digest([settings.seed, form, k])).sample(options[q.attribute], len(q.choices))
-            text = with_options(text, q.choices, drawn)
+            text = with_options(text, q.choices, rng.sample(options[q.attribute], len(q.choices)))
         questions.append(text)
     return answer_starts(patient, questions)
 
@@ -333,8 +331,9 @@ def held_system(patient: Patient, settings: StampSettings, layers: list[int], fo
     if from_buffer and n_contrasts:  # the buffer's contrasts are part of it
         depends |= {"refs": dataclasses.asdict(refs), "contrasts": [settings.seed, settings.contrast_neighbours]}
     static = cache.get("held", patient, layers, depends, build, phase=phase)
+    static = {l: {**h, "static": h, "held_entry": digest([layers, depends])} for l, h in static.items()}
     if from_buffer or not n_contrasts:
-        return {l: {**h, "static": h} for l, h in static.items()}
+        return static
     avoid = frozenset(q.subject for q in forget) | {stem(q.question, q.choices) for q in forget}
     with phase("contrast_keys"):
         x_acts = cache.activations(patient, *contrasts(patient, settings, forget, refs, avoid), layers)
@@ -344,7 +343,7 @@ def held_system(patient: Patient, settings: StampSettings, layers: list[int], fo
 
 def add_contrasts(h: dict, k_x: torch.Tensor, v_x: torch.Tensor, w_x: float) -> dict:
     """A layer's held system with one request's contrast keys added (the static part stays as cached)."""
-    return {**h, "static": h, "gram": h["gram"] + w_x * k_x.T @ k_x, "keys": torch.cat([h["keys"], w_x ** 0.5 * k_x]),
+    return {**h, "gram": h["gram"] + w_x * k_x.T @ k_x, "keys": torch.cat([h["keys"], w_x ** 0.5 * k_x]),
             "values_sq": h["values_sq"] + w_x * float(v_x.norm()) ** 2}
 
 

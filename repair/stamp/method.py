@@ -55,9 +55,12 @@ class Stamp(MethodBase):
         self.refs = References()
         self.cache = KeyCache(on_disk=settings.store_keys)  # what is the same for every request
 
-    def prepare(self, task: Task) -> None:
-        """Task-level references: subjects the patient refuses (taught in implant) and ordinary text."""
+    def prepare(self, task: Task, session: dict | None = None) -> None:
+        """Task-level references: subjects the patient refuses (taught in implant) and ordinary text; in a chat, the
+        session's key cache, so its requests share what does not depend on them."""
         self.refs = References.of(task)
+        if session is not None:
+            self.cache = session.setdefault("stamp_key_cache", self.cache)
 
     def fit(self, patient: Patient, forget: Sequence[QA], retain_buffer: Sequence[QA]) -> Edit:
         """Keys, targets and the solve, per edited layer."""
@@ -110,10 +113,9 @@ class Stamp(MethodBase):
             t = layer_target(s, layer, v_f, len(layers), readout, u_acts, choice.subspace)
             h = held[layer]
             if self.lowrank:
-                def directions(static=h["static"]):  # cached with the static Gram, computed only when needed
-                    if "directions" not in static:
-                        static["directions"] = top_directions(static["gram"], rank, s.seed)
-                    return static["directions"]
+                def directions(h=h, layer=layer):  # of the request-independent Gram: stored, computed only if needed
+                    return self.cache.get("directions", patient, [layer], [h["held_entry"], rank, s.seed],
+                                          lambda: top_directions(h["static"]["gram"], rank, s.seed))
                 left, right = lowrank_solve(k_f, t, h["gram"], s.eps, rank, directions,
                                             krylov_steps=self.settings.krylov_steps)
             else:
@@ -143,7 +145,7 @@ class Stamp(MethodBase):
         patch.revert(patient.model)
 
     def unlearn(self, patient: Patient, forget: list[QA], retain_buffer: list[QA]) -> Unlearned:
-        self.cache.counts = {}
+        self.cache.reset()
         edit = self.fit(patient, forget, retain_buffer)
         patch, calibration = self.apply(patient, edit, forget, retain_buffer)
         for stats, delta in zip(edit.per_layer.values(), patch.deltas):  # norms at the applied strengths

@@ -28,13 +28,20 @@ def ridge_eps(gram: torch.Tensor, k_f: torch.Tensor, eps_scale: float) -> float:
     return eps_scale * float(gram.trace() + (k_f ** 2).sum()) / gram.shape[0]
 
 
+def spd_solve(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """A⁻¹B for the symmetric positive definite A of the solve (a Gram plus εI): by Cholesky, half the work of LU;
+    by LU where rounding made A numerically indefinite."""
+    factor, info = torch.linalg.cholesky_ex(a)
+    return torch.cholesky_solve(b, factor) if int(info) == 0 else torch.linalg.solve(a, b)
+
+
 def full_solve(k_f: torch.Tensor, t: torch.Tensor, gram: torch.Tensor, eps_scale: float
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """ΔW = Tᵀ K_f (K_fᵀK_f + G + εI)⁻¹ with keys as rows (n × m) and targets T (n × d), as exact factors
     (Tᵀ, K_f A⁻¹): rank n, no SVD needed."""
     a = gram + k_f.T @ k_f
     a.diagonal().add_(ridge_eps(gram, k_f, eps_scale))
-    return t.T.contiguous(), torch.linalg.solve(a, k_f.T).T
+    return t.T.contiguous(), spd_solve(a, k_f.T).T
 
 
 def top_directions(gram: torch.Tensor, q: int, seed: int = 0) -> torch.Tensor:
@@ -111,4 +118,4 @@ def lowrank_solve(k_f: torch.Tensor, t: torch.Tensor, gram: torch.Tensor, eps_sc
     ugu = u.T @ (gram @ u if gu is None else gu)
     a = (ugu + ugu.T) / 2 + fu.T @ fu
     a.diagonal().add_(ridge_eps(gram, k_f, eps_scale))
-    return t.T.contiguous(), torch.linalg.solve(a, fu.T).T @ u.T  # ΔW = Tᵀ (F A⁻¹) Uᵀ: (d, n), (n, m)
+    return t.T.contiguous(), spd_solve(a, fu.T).T @ u.T  # ΔW = Tᵀ (F A⁻¹) Uᵀ: (d, n), (n, m)
