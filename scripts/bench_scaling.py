@@ -6,11 +6,12 @@ same weights (restored between runs), side by side in one process.
     python scripts/bench_scaling.py [--sizes 1,2,4,8,16,32] [--methods stamp,stamp_lowrank,ga,npo] \
         [--out docs/results] [overrides ...]
 
-STAMP and STAMP-LR run twice per size: with an empty key store ("cold", the first run on these weights) and again
-with the memory cleared and the store as the first run left it ("warm", a later run or chat request); their edits
-are the same bit for bit, so quality is recorded once. Quality: F-RL and R-RL (ROUGE-L recall of greedy answers) on
-the requested forget items and on the first `eval.max_samples` retain items; Base is the implanted patient. Writes
-`scaling.csv` and `scaling.png`/`.pdf` to `--out` and prints a Markdown table. Run it quiet: times are wall clock.
+STAMP and STAMP-LR run twice per size: with an empty key store ("cold", the first run on these weights) and again,
+as a new method, with the store the first run left ("warm", a later run or chat request); their edits are the same
+bit for bit, so quality is recorded once. Quality: F-RL and R-RL (ROUGE-L recall of greedy answers) on the requested
+forget items and on the first `eval.max_samples` retain items; Base is the implanted patient. Methods run with their
+own YAML (conf/method/<name>.yaml). Writes `scaling.csv` (after each size) and `scaling.png`/`.pdf` to `--out` and
+prints a Markdown table; `--plot-only` redraws the figure from the CSV. Run it quiet: times are wall clock.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from repair.evaluate import evaluate
+from repair.io import atomic_path
 from repair.methods import build_method, load_builtin
 from repair.setup import compose, implanted_patient, method_config, start
 from repair.tasks import build_task
@@ -33,7 +35,7 @@ DEFAULTS = ["logger=none", "threads=2", "task=pii", "task.forget_ratio=0.5", "ev
             "eval.paraphrases=false", "eval.ppl=false"]
 
 
-def measure(sizes: list[int], methods: list[str], overrides: list[str]) -> pd.DataFrame:
+def measure(sizes: list[int], methods: list[str], overrides: list[str], out: Path) -> pd.DataFrame:
     cfg = compose("config", [*DEFAULTS, *overrides])
     start(cfg)
     patient, full, _ = implanted_patient(cfg)
@@ -63,7 +65,13 @@ def measure(sizes: list[int], methods: list[str], overrides: list[str]) -> pd.Da
                              "store": store, "f_rl": metrics.get("f_rl"), "r_rl": metrics.get("r_rl")})
                 log.info("%s", rows[-1])
         patient.restore(pristine)
+        write_csv(pd.DataFrame(rows), out)  # after each size: a long run stopped early keeps what it measured
     return pd.DataFrame(rows)
+
+
+def write_csv(frame: pd.DataFrame, out: Path) -> None:
+    with atomic_path(out / "scaling.csv") as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.4g")
 
 
 def plot(frame: pd.DataFrame, out: Path) -> None:
@@ -98,11 +106,13 @@ def main() -> None:
     parser.add_argument("--sizes", default="1,2,4,8,16,32")
     parser.add_argument("--methods", default="stamp,stamp_lowrank,ga,npo")
     parser.add_argument("--out", default="docs/results")
+    parser.add_argument("--plot-only", action="store_true", help="redraw the figure from the CSV in --out")
     args, overrides = parser.parse_known_args()
-    frame = measure([int(s) for s in args.sizes.split(",")], args.methods.split(","), overrides)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(out / "scaling.csv", index=False, float_format="%.4g")
+    if args.plot_only:
+        return plot(pd.read_csv(out / "scaling.csv").fillna({"store": ""}), out)
+    frame = measure([int(s) for s in args.sizes.split(",")], args.methods.split(","), overrides, out)
     plot(frame, out)
     print(frame.to_markdown(index=False, floatfmt=".3f"))
 

@@ -7,7 +7,8 @@ One process, one implant (cached), the methods in a row on the same weights (res
 threads unless `threads=` says otherwise. STAMP's key store (`method.store_keys`) goes to a fresh temporary folder:
 "cold" runs start with it empty, as the first run on an implanted patient does; "warm" runs start with the memory
 cleared and the store filled by the cold run, as a later run, or a chat session's next request, on the same weights
-does. "single" is one forget question alone (the chat's case) on the warm store. Prints a Markdown table of wall
+does. "single" is one forget question alone (the chat's case) on the warm store, "single again" the same request
+once more (everything it needs is stored: a chat's later request of a form seen before). Prints a Markdown table of wall
 seconds per phase (`unlearn.phases`) and in total, with each total as a ratio to the fastest baseline's.
 
 `--rss` instead measures the peak resident memory of a whole process (load, implant from the cache, unlearn) for
@@ -48,8 +49,9 @@ def timings(cfg, baselines: list[str]) -> None:
     pristine = patient.snapshot()
     patient.cache_dir = Path(tempfile.mkdtemp(prefix="bench-keys-"))  # an empty store, this run's own
     rows: dict[str, tuple[float, dict]] = {}
-    plan = [(f"{n} cold", n, task.forget) for n in STAMPS] + [(f"{n} warm", n, task.forget) for n in STAMPS] + [
-        (f"{n} single", n, task.forget[:1]) for n in STAMPS] + [(n, n, task.forget) for n in baselines]
+    plan = [(f"{n} {kind}", n, task.forget if kind in ("cold", "warm") else task.forget[:1])
+            for kind in ("cold", "warm", "single", "single again") for n in STAMPS]
+    plan += [(n, n, task.forget) for n in baselines]
     for label, name, forget in plan:
         if label.endswith("cold"):
             patient.cache_dir = Path(tempfile.mkdtemp(prefix="bench-keys-"))

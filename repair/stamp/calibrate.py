@@ -153,8 +153,9 @@ def last_logits(patient: Patient, texts: Sequence[str], batch_size: int = 16, ke
     """Next-token logits after each fully formatted prompt (n × vocab, float32 on CPU; left-padded batches). `keep`
     records what the layers below its first edited layer output; `replay` runs only the layers from there up."""
     out: list[torch.Tensor] = []
-    with padding_side(patient.tokenizer, "left") as tok, \
-            keep.kept() if keep else contextlib.nullcontext(), replay.replayed() if replay else contextlib.nullcontext():
+    kept = keep.kept() if keep else contextlib.nullcontext()
+    replayed = replay.replayed() if replay else contextlib.nullcontext()
+    with padding_side(patient.tokenizer, "left") as tok, kept, replayed:
         for start in range(0, len(texts), batch_size):
             enc = tok(list(texts[start:start + batch_size]), return_tensors="pt", padding=True,
                       add_special_tokens=False).to(patient.device)

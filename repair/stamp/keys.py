@@ -163,8 +163,7 @@ class KeyCache:
                 found[names[i]] = entries[names[i]] = value
             if folder:
                 self._write(patient, {folder / kind / f"{names[i]}.pt": found[names[i]] for i in todo})
-        return {l: (torch.cat([found[n][l][0] for n in names]).double(), torch.cat([found[n][l][1] for n in names]).double())
-                for l in layers}
+        return {l: tuple(torch.cat([found[n][l][i] for n in names]).double() for i in (0, 1)) for l in layers}
 
 
 def digest(value: Any) -> str:

@@ -155,7 +155,8 @@ class Stamp(MethodBase):
                            for l, s in edit.per_layer.items()))
         log.info("%s phases: %s", self.name, edit.phases.summary())
         report = {"layers": edit.layers, "separation": edit.separation, "per_layer": edit.per_layer,
-                  "phases": edit.phases.seconds, "key_cache": self.cache.counts, "calibration": calibration, "patch": patch.provenance}
+                  "phases": edit.phases.seconds, "key_cache": self.cache.counts, "calibration": calibration,
+                  "patch": patch.provenance}
         return Unlearned(report, patch)
 
 

@@ -59,8 +59,7 @@ def krylov_basis(gram: torch.Tensor, k_f: torch.Tensor, steps: int, max_columns:
     G^(steps-1) K_fᵀ}, and G Q: the space holds the truncated conjugate-gradient approximation of (G + εI)⁻¹ K_fᵀ,
     the row space of the full solve's edit (the εI and K_fᵀK_f terms of A leave the space unchanged).
     Re-orthogonalised twice per block. G Q comes from the products the recurrence computes anyway (plus one for the
-    last block), so QᵀGQ costs O(m r²), not the O(m² r) of multiplying G by Q again: at width 1536 and r = 256 that
-    product was most of the low-rank solve."""
+    last block), so QᵀGQ costs O(m r²), not the O(m² r) of multiplying G by Q again."""
     basis, _ = torch.linalg.qr(k_f.T)
     block, products = basis, []
     while True:
