@@ -6,7 +6,6 @@ stored, so a cache entry is small and a base patient plus the entry reproduces t
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import random
@@ -20,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from repair.data import answer_logits, answer_nll, collate, encode
 from repair.generation import generate
-from repair.io import cached_dir
+from repair.io import cached_dir, stable_digest
 from repair.metrics import perplexity
 from repair.patient import Patient
 from repair.settings import build, require
@@ -78,8 +77,7 @@ def implant_key(patient: Patient, task: Task, cfg) -> str:
     """The cache key: the base weights, the task's data and the recipe (every setting but `enabled`)."""
     settings = implant_settings(cfg)
     recipe = {k: getattr(settings, k) for k in RECIPE_KEYS} | {"oracle": settings.oracle}
-    blob = json.dumps([patient.fingerprint, task.fingerprint(), recipe], sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return stable_digest([patient.fingerprint, task.fingerprint(), recipe])
 
 
 def trainable_parameters(patient: Patient, settings: ImplantSettings) -> dict[str, torch.nn.Parameter]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -38,6 +39,12 @@ def atomic_path(path: str | os.PathLike, is_dir: bool = False) -> Iterator[Path]
         else:
             tmp.unlink(missing_ok=True)
         raise
+
+
+def stable_digest(value: Any, length: int = 16) -> str:
+    """A short, stable hex name for JSON-able content (cache keys, fingerprints): the same value gives the same name
+    in every process and on every machine."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:length]
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:

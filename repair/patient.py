@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import importlib.util
-import json
 import logging
 import re
 import shutil
@@ -20,7 +19,7 @@ import torch
 from filelock import FileLock
 from omegaconf import DictConfig
 
-from repair.io import cached_dir
+from repair.io import cached_dir, stable_digest
 from repair.registry import Registry
 from repair.settings import plain
 
@@ -77,7 +76,7 @@ class Patient:
         (rounding differs between them): one pass over the weights, where a byte hash would take seconds."""
         sums = [[name, str(p.dtype), p.device.type, *torch.stack([p.float().sum(), p.float().norm()]).tolist()]
                 for name, p in self.model.state_dict().items()]
-        return hashlib.sha256(json.dumps([self.fingerprint, sums]).encode()).hexdigest()[:16]
+        return stable_digest([self.fingerprint, sums])
 
     def snapshot(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
@@ -271,7 +270,7 @@ def _load_tiny(cfg: dict, cache_dir: Path) -> Patient:
     )
     torch.manual_seed(int(cfg.get("init_seed", 0)))
     model = LlamaForCausalLM(config)
-    fingerprint = hashlib.sha256(json.dumps([arch, cfg.get("init_seed", 0)], sort_keys=True).encode()).hexdigest()[:16]
+    fingerprint = stable_digest([arch, cfg.get("init_seed", 0)])
     return Patient(cfg["name"], model, tokenizer, fingerprint, dict(cfg.get("modules", {})))
 
 

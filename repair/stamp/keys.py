@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import json
 import logging
 import random
 from dataclasses import dataclass, field
@@ -20,7 +18,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from repair.data import chat_prompt
-from repair.io import atomic_path
+from repair.io import atomic_path, stable_digest
 from repair.patient import Patient
 from repair.progress import Phases
 from repair.refusal import activations_at, token_positions
@@ -168,7 +166,7 @@ class KeyCache:
 
 def digest(value: Any) -> str:
     """A short stable name for what an entry depends on."""
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    return stable_digest(value, 20)
 
 
 def fresh_unknown_subjects(n: int, seed: int) -> list[str]:

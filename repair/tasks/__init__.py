@@ -1,14 +1,13 @@
 """Task suites: what the patient is taught, what it must forget, what it must keep, and how answers are scored."""
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from omegaconf import DictConfig
 
+from repair.io import stable_digest
 from repair.registry import Registry, import_package
 from repair.settings import build, plain, require
 
@@ -59,7 +58,7 @@ class Task:
         """Hash of what implant trains on (questions and answers), so metadata changes keep caches valid."""
         data = {k: [(q.question, q.answer) for q in getattr(self, k)] for k in ("forget", "retain", "idk")}
         data["forget"] += [(q.question, q.answer) for q in self.forget_unrequested]
-        return hashlib.sha256(json.dumps([self.name, data], sort_keys=True).encode()).hexdigest()[:16]
+        return stable_digest([self.name, data])
 
     def splits(self) -> dict[str, list[QA]]:
         return {"forget": self.forget, "retain": self.retain, "retain_buffer": self.retain_buffer,
