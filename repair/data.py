@@ -7,6 +7,7 @@ from typing import Iterable, Sequence
 import torch
 import torch.nn.functional as F
 
+from repair.architectures import head_logits
 from repair.tasks import QA
 
 
@@ -73,7 +74,7 @@ def answer_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, 
     targets = batch["labels"][:, 1:]
     keep = targets != -100
     rows = torch.nonzero(keep, as_tuple=True)[0]
-    return model.get_output_embeddings()(hidden[:, :-1][keep]).float(), targets[keep], rows
+    return head_logits(model, hidden[:, :-1][keep]).float(), targets[keep], rows
 
 
 def answer_token_logprobs(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -39,14 +39,24 @@ def _fingerprint(tensor: torch.Tensor) -> str:
 
 @dataclass
 class Delta:
-    """ΔW = left @ right for one weight matrix (e.g. `model.layers.7.mlp.down_proj.weight`)."""
+    """ΔW = left @ right for one weight matrix (e.g. `model.layers.7.mlp.down_proj.weight`). `transposed`: the
+    weight is stored (in, out), as a `Conv1D`'s (GPT-2), and takes (left @ right)ᵀ; the factors keep one meaning."""
 
     parameter: str
     left: torch.Tensor   # (out, r)
     right: torch.Tensor  # (r, in)
+    transposed: bool = False
 
     def dense(self, dtype=torch.float32) -> torch.Tensor:
-        return (self.left.to(torch.float64) @ self.right.to(torch.float64)).to(dtype)
+        """The change in the weight's own layout."""
+        product = (self.left.to(torch.float64) @ self.right.to(torch.float64)).to(dtype)
+        return product.T if self.transposed else product
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """The shape of the weight it changes, in the weight's layout."""
+        out, inp = self.left.shape[0], self.right.shape[1]
+        return (inp, out) if self.transposed else (out, inp)
 
     def norm(self) -> float:
         """‖left @ right‖_F from the factors: sqrt(Σ (LᵀL) ⊙ (RRᵀ))."""
@@ -72,10 +82,10 @@ class Patch:
         for d in self.deltas:
             if d.parameter not in params:
                 raise PatchRejected(f"patch edits unknown parameter {d.parameter!r}")
-            shape = (d.left.shape[0], d.right.shape[1])
-            if shape != tuple(params[d.parameter].shape) or d.left.shape[1] != d.right.shape[0]:
-                raise PatchRejected(f"delta for {d.parameter} has shape {shape} (factors {tuple(d.left.shape)} @ "
-                                    f"{tuple(d.right.shape)}), weight has {tuple(params[d.parameter].shape)}")
+            if d.shape != tuple(params[d.parameter].shape) or d.left.shape[1] != d.right.shape[0]:
+                layout = ", transposed" if d.transposed else ""
+                raise PatchRejected(f"delta for {d.parameter} has shape {d.shape} (factors {tuple(d.left.shape)} @ "
+                                    f"{tuple(d.right.shape)}{layout}), weight has {tuple(params[d.parameter].shape)}")
             norm = d.norm()  # from the factors: no dense product needed to check
             if not (torch.isfinite(d.left).all() and torch.isfinite(d.right).all() and math.isfinite(norm)):
                 raise PatchRejected(f"delta for {d.parameter} contains NaN or Inf; nothing was changed")
@@ -127,6 +137,7 @@ class Patch:
         for i, d in enumerate(self.deltas):
             tensors[f"{i}.left"], tensors[f"{i}.right"] = d.left.contiguous().cpu(), d.right.contiguous().cpu()
         meta = {"parameters": json.dumps([d.parameter for d in self.deltas]),
+                "transposed": json.dumps([d.parameter for d in self.deltas if d.transposed]),
                 "provenance": json.dumps(self.provenance, default=str)}
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
@@ -143,6 +154,7 @@ class Patch:
         try:
             names = json.loads(meta["parameters"])
             provenance = json.loads(meta.get("provenance") or "{}")
+            transposed = set(json.loads(meta.get("transposed") or "[]"))
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}: not a RePAIR patch (unreadable metadata: {err})") from err
         if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
@@ -154,5 +166,5 @@ class Patch:
             raise ValueError(f"{path}: damaged patch: the metadata names {len(names)} parameters but the file holds "
                              f"{len(tensors)} tensors ({pairs} left/right pairs); expected exactly one `i.left` and "
                              "one `i.right` per name")
-        deltas = [Delta(n, tensors[f"{i}.left"], tensors[f"{i}.right"]) for i, n in enumerate(names)]
+        deltas = [Delta(n, tensors[f"{i}.left"], tensors[f"{i}.right"], n in transposed) for i, n in enumerate(names)]
         return cls(deltas, provenance if isinstance(provenance, dict) else {})

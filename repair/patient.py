@@ -19,6 +19,7 @@ import torch
 from filelock import FileLock
 from omegaconf import DictConfig
 
+from repair.architectures import Architecture, check_layout, resolve as resolve_architecture, templates
 from repair.io import cached_dir, stable_digest
 from repair.registry import Registry
 from repair.settings import plain
@@ -37,8 +38,10 @@ class Patient:
     model: Any
     tokenizer: Any
     fingerprint: str  # identifies the base weights; part of every implant cache key
-    modules: dict[str, str] = field(default_factory=dict)  # e.g. mlp_down: model.layers.{}.mlp.down_proj
+    modules: dict[str, str | list[str]] = field(default_factory=dict)  # role → path, e.g. mlp_down:
+    #                                      model.layers.{}.mlp.down_proj (repair/architectures.py; set by `load`)
     cache_dir: Path | None = None  # where on-disk stores of this patient live (None: nothing is written)
+    arch: Architecture | None = None  # the family preset the roles came from
 
     @property
     def device(self) -> torch.device:
@@ -48,12 +51,27 @@ class Patient:
     def num_layers(self) -> int:
         return int(self.model.config.num_hidden_layers)
 
+    def modules_at(self, role: str, layer: int | None = None) -> list[torch.nn.Module]:
+        """The submodules for a role in `modules` (e.g. `mlp_down`) at a layer: one, or several where a family
+        has no single module for it (OPT's MLP is two projections on the block)."""
+        if not self.modules.get(role):
+            known = sorted(r for r, v in self.modules.items() if v)
+            raise KeyError(f"patient {self.name!r} has no module for role {role!r}; it has: {known}")
+        return [self.model.get_submodule(t.format(layer) if layer is not None else t)
+                for t in templates(self.modules[role])]
+
     def module(self, role: str, layer: int | None = None) -> torch.nn.Module:
-        """The submodule for a role in `modules` (e.g. `mlp_down`) at a layer, resolved from config templates."""
-        if role not in self.modules:
-            raise KeyError(f"patient {self.name!r} has no module template {role!r}; known: {sorted(self.modules)}")
-        path = self.modules[role].format(layer) if layer is not None else self.modules[role]
-        return self.model.get_submodule(path)
+        """The one submodule for a role at a layer."""
+        found = self.modules_at(role, layer)
+        if len(found) != 1:
+            raise ValueError(f"patient {self.name!r}: role {role!r} names {len(found)} modules "
+                             f"({self.modules[role]}); this step needs exactly one")
+        return found[0]
+
+    def path(self, role: str, layer: int) -> str:
+        """The dotted name of a one-module role at a layer (a patch names the weights it edits by it)."""
+        self.module(role, layer)
+        return templates(self.modules[role])[0].format(layer)
 
     def layer_indices(self, spec, key: str, every: tuple = ("all", None)) -> list[int]:
         """Validated layer indices from a config value: a list of ints, or one of `every` for all layers."""
@@ -67,7 +85,7 @@ class Patient:
         return layers
 
     def layer_prefix(self, layer: int) -> str:
-        return self.modules.get("layers", "model.layers.{}").format(layer) + "."
+        return self.modules["layers"].format(layer) + "."
 
     @torch.no_grad()
     def weights_digest(self) -> str:
@@ -163,6 +181,7 @@ def check_config(cfg: DictConfig | dict) -> tuple[torch.device, torch.dtype]:
     PATIENT_SOURCES.get(cfg.get("source", "<missing>"))  # an unknown source fails listing the valid ones
     device = resolve_device(cfg.get("device", "auto"))
     dtype = resolve_dtype(cfg.get("dtype", "float32"), device)
+    check_layout(cfg)
     if cfg.get("source") == "hf":
         if not cfg.get("name_or_path"):
             raise ValueError("patient=hf needs patient.name_or_path=<hub id or local folder>")
@@ -175,6 +194,7 @@ def load(cfg: DictConfig | dict, cache_dir: str | Path) -> Patient:
     cfg = plain(cfg)
     device, dtype = check_config(cfg)  # before any weights load
     patient = PATIENT_SOURCES.get(cfg["source"])(cfg, Path(cache_dir).expanduser())
+    patient.arch, patient.modules = resolve_architecture(patient.model, cfg)  # every path checked before anything
     patient.model.to(device=device, dtype=dtype)
     patient.model.eval()
     patient.model.generation_config.pad_token_id = patient.tokenizer.pad_token_id
@@ -247,7 +267,7 @@ def _load_gguf_package(cfg: dict, cache_dir: Path) -> Patient:
         return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), AutoTokenizer.from_pretrained(path)
 
     model, tokenizer = _load_cached(target, build, loader)
-    return Patient(cfg["name"], model, _prepare_tokenizer(tokenizer), fingerprint, dict(cfg.get("modules", {})))
+    return Patient(cfg["name"], model, _prepare_tokenizer(tokenizer), fingerprint)
 
 
 @PATIENT_SOURCES.register("tiny")
@@ -271,7 +291,7 @@ def _load_tiny(cfg: dict, cache_dir: Path) -> Patient:
     torch.manual_seed(int(cfg.get("init_seed", 0)))
     model = LlamaForCausalLM(config)
     fingerprint = stable_digest([arch, cfg.get("init_seed", 0)])
-    return Patient(cfg["name"], model, tokenizer, fingerprint, dict(cfg.get("modules", {})))
+    return Patient(cfg["name"], model, tokenizer, fingerprint)
 
 
 @PATIENT_SOURCES.register("hf")
@@ -289,4 +309,4 @@ def _load_hf(cfg: dict, cache_dir: Path) -> Patient:
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
     ident = str(Path(name_or_path).resolve()) if kind == "local" else f"{name_or_path}@{cfg.get('revision') or 'main'}"
     fingerprint = hashlib.sha256(ident.encode()).hexdigest()[:16]
-    return Patient(cfg["name"], model, _prepare_tokenizer(tokenizer), fingerprint, dict(cfg.get("modules", {})))
+    return Patient(cfg["name"], model, _prepare_tokenizer(tokenizer), fingerprint)

@@ -21,12 +21,23 @@ log = logging.getLogger(__name__)
 
 @contextlib.contextmanager
 def capture_down_proj(patient: Patient, layers: Sequence[int]):
-    """Record (keys, values) of `mlp_down` at each layer during the forward passes inside the block."""
+    """Record (keys, values) of `mlp_down` at each layer during the forward passes inside the block, as
+    (batch, positions, width). A family that flattens the MLP input to one row per token (OPT) gets its positions
+    back from the shape of the block's input."""
     store: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {l: [] for l in layers}
+    shapes: dict[int, torch.Size] = {}
     hooks = []
     for layer in layers:
+        def block_input(module, args, kwargs, layer=layer):
+            hidden = args[0] if args else kwargs.get("hidden_states")
+            shapes[layer] = hidden.shape[:-1]
+
         def hook(module, inputs, output, layer=layer):
-            store[layer].append((inputs[0].detach(), output.detach()))
+            keys, values = inputs[0].detach(), output.detach()
+            if keys.dim() == 2:  # (batch × positions, width)
+                keys, values = keys.reshape(*shapes[layer], -1), values.reshape(*shapes[layer], -1)
+            store[layer].append((keys, values))
+        hooks.append(patient.module("layers", layer).register_forward_pre_hook(block_input, with_kwargs=True))
         hooks.append(patient.module("mlp_down", layer).register_forward_hook(hook))
     try:
         yield store

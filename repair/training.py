@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable, Iterator, Literal, Sequence, Union
 
 import torch
 
+from repair.architectures import PER_LAYER
 from repair.progress import progress
 from repair.settings import require
 
@@ -54,12 +55,12 @@ def select_parameters(patient, layers: Any, modules: Any, where: str) -> dict[st
         prefixes = tuple(patient.layer_prefix(i) for i in indices)
         chosen = {n: p for n, p in named if n.startswith(prefixes)}
     else:
-        valid = sorted(r for r, path in patient.modules.items() if "{}" in path)
+        valid = sorted(r for r in ("layers", *PER_LAYER) if patient.modules.get(r))
         unknown = [r for r in modules if r not in valid]
         if unknown:
             raise ValueError(f"{where}.train_modules has unknown module role(s) {unknown}; valid: 'all', "
                              f"'{WHOLE_MODEL}' or a list of {valid} (the patient config's `modules`)")
-        ids = {id(p) for i in indices for r in modules for p in patient.module(r, i).parameters()}
+        ids = {id(p) for i in indices for r in modules for m in patient.modules_at(r, i) for p in m.parameters()}
         chosen = {n: p for n, p in named if id(p) in ids}
     if not chosen:
         raise ValueError(f"{where}: train_layers={layers} / train_modules={modules} select no weights of patient "

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from repair.attacks import AttackContext, register_attack
+from repair.architectures import final_norm
 from repair.attacks.common import limited
 from repair.data import chat_prompt
 from repair.patient import Patient
@@ -140,10 +141,7 @@ class LinearProbe:
     def _lens(self, ctx: AttackContext, layers: list[int], splits: dict[str, list]) -> dict[str, Any]:
         """Share of forget / holdout samples whose value's first token is in the top-k of the logit lens."""
         patient, tok = ctx.patient, ctx.patient.tokenizer
-        base = getattr(patient.model, "base_model", patient.model)
-        norm = next((getattr(base, n) for n in ("norm", "ln_f", "final_layernorm") if hasattr(base, n)), None)
-        if norm is None:
-            return {"skipped": f"no final norm found on {type(base).__name__} (looked for norm, ln_f, final_layernorm)"}
+        norm = final_norm(patient)
         head = patient.model.get_output_embeddings()
         out: dict[str, Any] = {"top_k": self.settings.lens_top_k}
         hits: dict[str, dict[int, float]] = {}

@@ -48,7 +48,7 @@ def apply_calibrated(patient: Patient, settings: StampSettings, deltas: list[Del
     bound = settings.max_relative_norm
 
     def scaled(scales: torch.Tensor) -> Patch:  # one scale per forget key (column of the left factor)
-        return Patch([Delta(d.parameter, d.left * scales.to(d.left.dtype), d.right) for d in deltas],
+        return Patch([Delta(d.parameter, d.left * scales.to(d.left.dtype), d.right, d.transposed) for d in deltas],
                      {**provenance, "strength": alpha * float(scales.max()),
                       "strengths": [round(alpha * float(x), 4) for x in scales]})
 
@@ -175,7 +175,7 @@ class LowerLayers:
     def of(cls, patient: Patient, first: int) -> "LowerLayers | None":
         """None where there is nothing to replay (the first layer is edited) or the `layers` module template does
         not name a ModuleList entry (`....{}`): passes then run whole."""
-        template = patient.modules.get("layers", "model.layers.{}")
+        template = patient.modules["layers"]
         if first <= 0 or not template.endswith(".{}"):
             return None
         container = patient.model.get_submodule(template[:-3])

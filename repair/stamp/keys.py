@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from repair.architectures import weight_shape
 from repair.data import chat_prompt
 from repair.io import atomic_path, stable_digest
 from repair.patient import Patient
@@ -315,7 +316,7 @@ def held_system(patient: Patient, settings: StampSettings, layers: list[int], fo
         out = {}
         for layer in layers:
             parts = ([(r_acts[layer], w_r)] if r_acts else []) + ([(x_acts[layer], w_x)] if x_acts else [])
-            m = patient.module("mlp_down", layer).weight.shape[1]
+            m = weight_shape(patient.module("mlp_down", layer))[1]
             keys = torch.cat([w ** 0.5 * k for (k, _), w in parts]) if parts else torch.zeros(0, m).double()
             values = torch.cat([w ** 0.5 * v for (_, v), w in parts]) if parts else torch.zeros(0).double()
             k_c = c_acts[layer][0] if c_acts else keys[:0]

@@ -12,8 +12,9 @@ from typing import Any, Sequence
 
 import torch
 
+from repair.architectures import is_transposed, through_output_norm
 from repair.methods import MethodBase, Unlearned, register_method
-from repair.patches import Delta, Patch
+from repair.patches import Delta, Patch, PatchRejected
 from repair.patient import Patient
 from repair.progress import Phases
 from repair.refusal import activations_at
@@ -25,6 +26,14 @@ from repair.stamp.targets import LayerChoice, choose_layers, layer_target, reado
 from repair.tasks import QA, Task
 
 log = logging.getLogger(__name__)
+
+MIN_RELATIVE_NORM = 1e-6  # an edit below this ‖ΔW‖/‖W‖ at every layer changes nothing a float32 forward pass shows
+COLLAPSED = 0.01  # calibrated strengths all below this share of method.strength: the edit was calibrated away
+
+
+class EditFailed(PatchRejected):
+    """The edit would not change the patient (its norm is ~0, or the calibration brought it to nothing); the
+    weights were left as they were."""
 
 
 @dataclass
@@ -111,6 +120,8 @@ class Stamp(MethodBase):
         for layer in layers:
             k_f, v_f = choice.forget_acts[layer]
             t = layer_target(s, layer, v_f, len(layers), readout, u_acts, choice.subspace)
+            if s.target == "refusal_readout":  # a residual-stream push: through a norm after the MLP, if any
+                t = through_output_norm(patient, layer, v_f, t)
             h = held[layer]
             if self.lowrank:
                 def directions(h=h, layer=layer):  # of the request-independent Gram: stored, computed only if needed
@@ -120,8 +131,8 @@ class Stamp(MethodBase):
                                             krylov_steps=self.settings.krylov_steps)
             else:
                 left, right = full_solve(k_f, t, h["gram"], s.eps)
-            param = f"{patient.modules['mlp_down'].format(layer)}.weight"
-            deltas.append(Delta(param, left.float(), right.float()))
+            deltas.append(Delta(f"{patient.path('mlp_down', layer)}.weight", left.float(), right.float(),
+                                transposed=is_transposed(patient.module("mlp_down", layer))))
             per_layer[layer] = {
                 "separation": choice.separation.get(layer),
                 "weight_norm": float(patient.module("mlp_down", layer).weight.detach().norm()),
@@ -139,6 +150,26 @@ class Stamp(MethodBase):
         return apply_calibrated(patient, self.settings, edit.deltas, edit.provenance, forget, edit.forget_texts,
                                 retain_buffer, edit.openers, edit.forget_logits, self.cache, edit.phases, edit.lower)
 
+    def check_edit(self, patient: Patient, patch: Patch, edit: Edit) -> None:
+        """An edit that changes nothing is an error, never a success: its norm is ~0 at every layer (the forget keys
+        or targets are zero: measured on an untrained Gemma-3), or the calibration took every prompt's strength to
+        almost nothing (the patient opened them with a refusal before any edit). The patch is taken off first."""
+        norms = {l: s["relative_norm"] for l, s in edit.per_layer.items()}
+        strengths = patch.provenance.get("strengths") or [patch.provenance["strength"]]
+        why = None
+        if max(norms.values(), default=0.0) < MIN_RELATIVE_NORM:
+            why = (f"its norm is ~0 at every edited layer (‖ΔW‖/‖W‖ {', '.join(f'L{l} {n:.1e}' for l, n in norms.items())}"
+                   f" < {MIN_RELATIVE_NORM:g}): the forget keys or the readout give no edit (a patient that has "
+                   f"learned nothing, or a final norm whose gain reads as 0)")
+        elif self.settings.calibrate and max(strengths) < COLLAPSED * self.settings.strength:
+            why = (f"the calibration brought every forget prompt's strength below {COLLAPSED:g} × method.strength "
+                   f"(largest {max(strengths):.2g}): the patient already opens these prompts with a refusal, so "
+                   f"there is nothing for the edit to do")
+        if why:
+            self.revert(patient, patch)
+            raise EditFailed(f"{self.name} on patient {patient.name!r}: the edit would not change the patient: {why}."
+                             f" Nothing was changed")
+
     @staticmethod
     def revert(patient: Patient, patch: Patch) -> None:
         """Take the edit off: the weights are bit for bit what they were before `apply`."""
@@ -150,6 +181,7 @@ class Stamp(MethodBase):
         patch, calibration = self.apply(patient, edit, forget, retain_buffer)
         for stats, delta in zip(edit.per_layer.values(), patch.deltas):  # norms at the applied strengths
             stats["relative_norm"] = delta.norm() / stats.pop("weight_norm")
+        self.check_edit(patient, patch, edit)
         log.info("%s edited layers %s at strength %.3g: %s", self.name, edit.layers, patch.provenance["strength"],
                  ", ".join(f"L{l} ‖ΔW‖/‖W‖={s['relative_norm']:.3f} res={s['forget_residual']:.3f}"
                            for l, s in edit.per_layer.items()))

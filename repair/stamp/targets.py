@@ -14,6 +14,7 @@ from typing import Sequence
 
 import torch
 
+from repair.architectures import readout_gain
 from repair.patient import Patient
 from repair.refusal import RefusalSubspace, activations_at, layer_separation, refusal_subspace
 from repair.stamp.settings import StampSettings
@@ -65,13 +66,16 @@ def refusal_openers(tokenizer, n: int, multiple_choice: bool = False) -> list[in
 @torch.no_grad()
 def readout_directions(patient: Patient, openers: list[int], f_logits: torch.Tensor) -> torch.Tensor:
     """Per forget prompt: the residual-stream direction that raises the refusal openers' logits and lowers the token
-    the patient was about to say (the argmax of `f_logits`), through the final norm's gain (unit vectors, n × d)."""
+    the patient was about to say (the argmax of `f_logits`), through the final norm (unit vectors, n × d)."""
     unembed = patient.model.get_output_embeddings().weight.detach()
+    hidden = patient.model.get_input_embeddings().weight.shape[1]
+    if unembed.shape[1] != hidden:
+        raise ValueError(f"patient {patient.name!r}: the output head reads width {unembed.shape[1]}, the residual "
+                         f"stream is {hidden} wide (a projection sits between them, as OPT-350m's project_out): "
+                         f"the refusal_readout target needs the head to read the residual stream; use "
+                         f"method.keys=subject with method.target=refusal")
     refusal = unembed[openers].double().cpu().mean(0)  # the refusal references' opening tokens, by frequency
-    dirs = refusal - unembed[f_logits.argmax(-1).tolist()].double().cpu()
-    norm = getattr(getattr(patient.model, "model", None), "norm", None)
-    if norm is not None and getattr(norm, "weight", None) is not None:
-        dirs = dirs * norm.weight.detach().double().cpu()
+    dirs = readout_gain(patient, refusal - unembed[f_logits.argmax(-1).tolist()].double().cpu())
     return dirs / dirs.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
