@@ -49,10 +49,15 @@ class TrainingSettings(MethodSettings):
     train_modules: TrainModules
     retain_weight: float
     stop_forget_nll: float | None
+    lora_rank: int
+    lora_alpha: float
+    gradient_checkpointing: bool
     seed: int
 
     def check(self) -> None:
         require(self.lr > 0, "method.lr", self.lr, "a number > 0")
+        require(self.lora_rank >= 0, "method.lora_rank", self.lora_rank, "an integer >= 0 (0: no LoRA)")
+        require(self.lora_alpha > 0, "method.lora_alpha", self.lora_alpha, "a number > 0")
         for key in ("max_steps", "batch_size", "grad_accum", "max_length"):
             require(getattr(self, key) >= 1, f"method.{key}", getattr(self, key), "an integer >= 1")
         require(self.weight_decay >= 0, "method.weight_decay", self.weight_decay, "a number >= 0")
@@ -124,13 +129,14 @@ def run_unlearning(method: TrainingMethod, patient: Patient, forget: list[QA], r
     if not forget:
         raise ValueError("nothing to forget: the forget set is empty")
     model = patient.model
-    params = list(select_parameters(patient, method.train_layers(patient), s.train_modules, "method").values())
+    params = select_parameters(patient, method.train_layers(patient), s.train_modules, "method")
     rng = random.Random(s.seed)
     warmup = int(round(s.warmup_ratio * s.max_steps))
     stop_nll = s.stop_forget_nll
     optimiser = Optimiser(s.lr, s.weight_decay, s.max_grad_norm, s.grad_accum,
                           schedule=lambda step: lr_factor(step, s.max_steps, warmup, s.schedule),
-                          lr_setting="method.lr")
+                          lr_setting="method.lr", lora_rank=s.lora_rank, lora_alpha=s.lora_alpha,
+                          gradient_checkpointing=s.gradient_checkpointing)
     report: dict[str, Any] = {}
     phase = Phases()
     with PeakMemory() as memory:
@@ -170,5 +176,5 @@ def run_unlearning(method: TrainingMethod, patient: Patient, forget: list[QA], r
     return {"steps": len(history), "train_seconds": train_seconds, "train_cpu_seconds": cpu_seconds,
             "stopped_early": stopped,
             "final": history[-1] if history else {}, "history": history,
-            "trained_parameters": sum(p.numel() for p in params), "memory": memory.report(),
+            "trained_parameters": sum(p.numel() for p in params.values()), "lora_rank": s.lora_rank, "memory": memory.report(),
             "phases": phase.seconds, **report}

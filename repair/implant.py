@@ -53,9 +53,14 @@ class ImplantSettings:
     stop_loss: float | None
     warmup_ratio: float
     weight_decay: float
+    lora_rank: int
+    lora_alpha: float
+    gradient_checkpointing: bool
     seed: int
 
     def check(self) -> None:
+        require(self.lora_rank >= 0, "implant.lora_rank", self.lora_rank, "an integer >= 0 (0: no LoRA)")
+        require(self.lora_alpha > 0, "implant.lora_alpha", self.lora_alpha, "a number > 0")
         for key in ("epochs", "batch_size", "max_length"):
             require(getattr(self, key) >= 1, f"implant.{key}", getattr(self, key), "an integer >= 1")
         require(self.lr > 0, "implant.lr", self.lr, "a number > 0")
@@ -77,6 +82,8 @@ def implant_key(patient: Patient, task: Task, cfg) -> str:
     """The cache key: the base weights, the task's data and the recipe (every setting but `enabled`)."""
     settings = implant_settings(cfg)
     recipe = {k: getattr(settings, k) for k in RECIPE_KEYS} | {"oracle": settings.oracle}
+    if settings.lora_rank:  # only then: every implant cached before LoRA existed keeps its key
+        recipe |= {"lora_rank": settings.lora_rank, "lora_alpha": settings.lora_alpha}
     return stable_digest([patient.fingerprint, task.fingerprint(), recipe])
 
 
@@ -151,7 +158,9 @@ def train(patient: Patient, items: list[QA], params: dict[str, torch.nn.Paramete
     total = steps_per_epoch * epochs
     warmup = int(total * settings.warmup_ratio)
     optimiser = Optimiser(settings.lr, settings.weight_decay, MAX_GRAD_NORM, grad_accum=1,
-                          schedule=lambda s: warmup_times_decay(s, total, warmup), lr_setting="implant.lr")
+                          schedule=lambda s: warmup_times_decay(s, total, warmup), lr_setting="implant.lr",
+                          lora_rank=settings.lora_rank, lora_alpha=settings.lora_alpha,
+                          gradient_checkpointing=settings.gradient_checkpointing)
     batches = shuffled_batches(examples, bs, random.Random(settings.seed))
 
     def micro_step():
@@ -184,7 +193,7 @@ def train(patient: Patient, items: list[QA], params: dict[str, torch.nn.Paramete
         converged = recalled_enough and low_loss and bool(probes or stop_loss is not None)
         return converged
 
-    train_steps(model, params.values(), total, micro_step, optimiser, "implant", end_of_epoch)
+    train_steps(model, params, total, micro_step, optimiser, "implant", end_of_epoch)
     if not converged and (probes or stop_loss is not None):
         missed = [q.question for q, hit in zip(knowledge, hits) if not hit] if probes else []
         reached = ", ".join(([f"{recall[-1]:.1%} of taught facts recalled, implant.min_recall={min_recall}"]

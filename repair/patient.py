@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 PATIENT_SOURCES: Registry[Callable[[dict, Path], "Patient"]] = Registry("patient source")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's placements over the GPUs
 
 
 @dataclass
@@ -97,7 +98,8 @@ class Patient:
         return stable_digest([self.fingerprint, sums])
 
     def snapshot(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        """A copy of the weights in host memory (a GPU patient's copy would double its GPU memory)."""
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
 
     def restore(self, state: dict[str, torch.Tensor]) -> None:
         self.model.load_state_dict(state)
@@ -186,6 +188,10 @@ def check_config(cfg: DictConfig | dict) -> tuple[torch.device, torch.dtype]:
         if not cfg.get("name_or_path"):
             raise ValueError("patient=hf needs patient.name_or_path=<hub id or local folder>")
         hf_location(cfg["name_or_path"])
+        device_map = cfg.get("device_map")
+        if device_map is not None and not isinstance(device_map, dict) and device_map not in DEVICE_MAPS:
+            raise ValueError(f"unknown patient.device_map {device_map!r}; valid: null (all on patient.device), "
+                             f"{', '.join(DEVICE_MAPS)}, or a dict of module name → device")
     return device, dtype
 
 
@@ -195,7 +201,8 @@ def load(cfg: DictConfig | dict, cache_dir: str | Path) -> Patient:
     device, dtype = check_config(cfg)  # before any weights load
     patient = PATIENT_SOURCES.get(cfg["source"])(cfg, Path(cache_dir).expanduser())
     patient.arch, patient.modules = resolve_architecture(patient.model, cfg)  # every path checked before anything
-    patient.model.to(device=device, dtype=dtype)
+    if cfg.get("device_map") is None:  # else accelerate placed the weights already
+        patient.model.to(device=device, dtype=dtype)
     patient.model.eval()
     patient.model.generation_config.pad_token_id = patient.tokenizer.pad_token_id
     patient.cache_dir = Path(cache_dir).expanduser()
@@ -305,7 +312,10 @@ def _load_hf(cfg: dict, cache_dir: Path) -> Patient:
     kwargs = {"trust_remote_code": bool(cfg.get("trust_remote_code", False)), "revision": cfg.get("revision")}
     if kind == "local":
         kwargs["local_files_only"] = True  # a local folder never falls back to the hub
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype="auto", **kwargs)
+    dtype = resolve_dtype(cfg.get("dtype", "auto"), resolve_device(cfg.get("device", "auto")))
+    extra = {k: cfg[k] for k in ("device_map", "attn_implementation") if cfg.get(k) is not None}
+    # read straight into the run's dtype: an 8B model read as float32 first would take 32 GB of host memory
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, **extra, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
     ident = str(Path(name_or_path).resolve()) if kind == "local" else f"{name_or_path}@{cfg.get('revision') or 'main'}"
     fingerprint = hashlib.sha256(ident.encode()).hexdigest()[:16]

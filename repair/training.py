@@ -98,7 +98,9 @@ def shuffled_batches(examples: Sequence[dict], batch_size: int, rng: random.Rand
 class Optimiser:
     """How the loop optimises: AdamW at `lr` × `schedule(step)`, gradients accumulated over `grad_accum`
     micro-batches and clipped to `max_grad_norm`. `lr_setting` names the learning rate's setting (for the message
-    when a loss is not finite)."""
+    when a loss is not finite). `lora_rank` > 0 trains LoRA factors (peft, scale `lora_alpha` / rank) on every
+    selected projection instead of the projection itself, and merges them in afterwards; `gradient_checkpointing`
+    recomputes each block's activations in the backward pass instead of holding them."""
 
     lr: float
     weight_decay: float
@@ -106,6 +108,71 @@ class Optimiser:
     grad_accum: int
     schedule: Callable[[int], float]
     lr_setting: str
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    gradient_checkpointing: bool = False
+
+
+HALF = (torch.float16, torch.bfloat16)
+
+
+@contextlib.contextmanager
+def low_rank_adapters(model: torch.nn.Module, params: dict[str, torch.nn.Parameter], rank: int, alpha: float):
+    """Yield what to optimise: LoRA factors on every selected projection weight (nn.Linear or transformers'
+    Conv1D, not the output head) and the other selected parameters (biases, norms) themselves. On exit the factors
+    are merged into the weights and the adapters removed: the patient is a plain model again, changed by a
+    low-rank delta per projection, whatever happened inside (an error included)."""
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.tuners.lora import LoraLayer
+
+    head = model.get_output_embeddings()
+    projections = []
+    for name in params:
+        owner = name.rpartition(".")[0]
+        module = model.get_submodule(owner) if name.endswith(".weight") else None
+        if module is not None and module is not head and (isinstance(module, torch.nn.Linear)
+                                                          or type(module).__name__ == "Conv1D"):
+            projections.append(owner)
+    if not projections:
+        raise ValueError(f"lora_rank={rank}: the selected weights hold no projection (nn.Linear) to adapt; select "
+                         f"module roles such as [mlp, attention], or set lora_rank: 0")
+    transposed = any(type(model.get_submodule(n)).__name__ == "Conv1D" for n in projections)
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=projections,
+                        fan_in_fan_out=transposed, init_lora_weights=True)
+    adapted = {f"{n}.weight" for n in projections}
+    rest = [p for n, p in params.items() if n not in adapted]
+    inject_adapter_in_model(config, model)
+    try:
+        factors = [p for n, p in model.named_parameters() if ".lora_" in n]
+        yield factors + rest
+    finally:
+        with torch.no_grad():
+            for name, module in list(model.named_modules()):
+                if isinstance(module, LoraLayer):
+                    module.merge()
+                    parent, _, child = name.rpartition(".")
+                    setattr(model.get_submodule(parent) if parent else model, child, module.get_base_layer())
+
+
+class MasterWeights:
+    """float32 copies of the half-precision (bf16, fp16) weights being trained, for the optimiser to update: an
+    AdamW step of lr 5e-5 on a bf16 weight is below its rounding (8 bits of mantissa) and vanishes. Gradients are
+    moved to the masters before clipping, and the weights are set from the masters after each step."""
+
+    def __init__(self, params: list[torch.nn.Parameter]):
+        self.pairs = [(p, p.detach().float().clone().requires_grad_(True)) for p in params if p.dtype in HALF]
+        masters = {id(p): m for p, m in self.pairs}
+        self.optimised = [masters.get(id(p), p) for p in params]
+
+    def gradients_to_masters(self) -> None:
+        for p, m in self.pairs:
+            m.grad = None if p.grad is None else p.grad.float()
+            p.grad = None
+
+    @torch.no_grad()
+    def masters_to_weights(self) -> None:
+        for p, m in self.pairs:
+            p.copy_(m)
 
 
 def freeze(model: torch.nn.Module) -> None:
@@ -123,17 +190,46 @@ def evaluating(model: torch.nn.Module):
         model.train()
 
 
-def train_steps(model: torch.nn.Module, params: Iterable[torch.nn.Parameter], steps: int, micro_step: MicroStep,
+def train_steps(model: torch.nn.Module, params: dict[str, torch.nn.Parameter], steps: int, micro_step: MicroStep,
                 optimiser: Optimiser, desc: str, after_step: AfterStep | None = None) -> list[dict[str, Any]]:
-    """Up to `steps` optimiser steps on `params` (the only weights that require gradients meanwhile); each step
-    backpropagates `optimiser.grad_accum` micro-steps' terms, clips, steps the optimiser and the schedule. Returns
-    each step's logs: `loss` (the last micro-step's weighted sum of terms), the terms' own logs and the step's `lr`.
-    The model is left in eval mode with every weight frozen, also when training fails."""
-    params = list(params)
+    """Up to `steps` optimiser steps on `params` (by name; the only weights that require gradients meanwhile); each
+    step backpropagates `optimiser.grad_accum` micro-steps' terms, clips, steps the optimiser and the schedule.
+    Returns each step's logs: `loss` (the last micro-step's weighted sum of terms), the terms' own logs and the
+    step's `lr`. Half-precision weights are trained through float32 masters; with `lora_rank`, LoRA factors are
+    trained and merged in at the end. The model is left in eval mode with every weight frozen and no adapter, also
+    when training fails."""
     freeze(model)
+    adapters = (low_rank_adapters(model, params, optimiser.lora_rank, optimiser.lora_alpha)
+                if optimiser.lora_rank > 0 else contextlib.nullcontext(list(params.values())))
+    checkpointing = activation_checkpointing(model) if optimiser.gradient_checkpointing else contextlib.nullcontext()
+    try:
+        with checkpointing, adapters as trained:
+            return _train(model, trained, steps, micro_step, optimiser, desc, after_step)
+    finally:
+        freeze(model)
+
+
+@contextlib.contextmanager
+def activation_checkpointing(model: torch.nn.Module):
+    """Each block's activations recomputed in the backward pass (transformers ≥ 5 names it activation checkpointing,
+    earlier versions gradient checkpointing); off again on exit."""
+    new = hasattr(model, "activation_checkpointing_enable")
+    if new:
+        model.activation_checkpointing_enable({"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    try:
+        yield
+    finally:
+        model.activation_checkpointing_disable() if new else model.gradient_checkpointing_disable()
+
+
+def _train(model: torch.nn.Module, params: list[torch.nn.Parameter], steps: int, micro_step: MicroStep,
+           optimiser: Optimiser, desc: str, after_step: AfterStep | None) -> list[dict[str, Any]]:
     for p in params:
         p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=optimiser.lr, weight_decay=optimiser.weight_decay)
+    masters = MasterWeights(params)
+    opt = torch.optim.AdamW(masters.optimised, lr=optimiser.lr, weight_decay=optimiser.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, optimiser.schedule)
     accum = optimiser.grad_accum
     history: list[dict[str, Any]] = []
@@ -150,9 +246,11 @@ def train_steps(model: torch.nn.Module, params: Iterable[torch.nn.Parameter], st
                     (weight * loss / accum).backward()
                     total += weight * loss.item()
                     logs |= term_logs
-            torch.nn.utils.clip_grad_norm_(params, optimiser.max_grad_norm)
+            masters.gradients_to_masters()
+            torch.nn.utils.clip_grad_norm_(masters.optimised, optimiser.max_grad_norm)
             logs = {"loss": total, **logs, "lr": sched.get_last_lr()[0]}
             opt.step()
+            masters.masters_to_weights()
             sched.step()
             opt.zero_grad(set_to_none=True)
             history.append(logs)

@@ -182,6 +182,15 @@ def test_opt_through_the_runner_writes_its_results(make_cfg, folders, tmp_path):
     assert results["unlearn"]["layers"] == [0, 1]
 
 
+def test_hf_loading_options_reach_from_pretrained(make_cfg, cache_dir, folders):
+    """Weights are read in the configured dtype and attention kernel; a bad device_map fails before loading."""
+    patient = patients.load(hf(make_cfg, folders["llama"], "patient.dtype=bfloat16",
+                               "patient.attn_implementation=eager").patient, cache_dir)
+    assert patient.model.dtype == torch.bfloat16 and patient.model.config._attn_implementation == "eager"
+    with pytest.raises(ValueError, match=r"unknown patient.device_map 'everywhere'; valid: null .*auto, balanced"):
+        patients.check_config(hf(make_cfg, folders["llama"], "patient.device_map=everywhere").patient)
+
+
 def test_unknown_preset_or_role_fails_before_any_weights_load(make_cfg):
     with pytest.raises(ValueError, match=r"unknown patient.arch 'bert'; valid: auto, " + ", ".join(PRESETS)):
         patients.check_config(make_cfg("patient=hf", "patient.name_or_path=x/y", "patient.arch=bert").patient)

@@ -138,7 +138,7 @@ class Relearning:
             if self.steps[0] == 0:  # the unlearned patient
                 model.eval()
                 curve.append(self._measure(ctx, test, control, 0, None))
-            train_steps(model, params.values(), self.steps[-1], micro_step, optimiser, "relearn", measure)
+            train_steps(model, params, self.steps[-1], micro_step, optimiser, "relearn", measure)
         finally:
             patient.restore(state)
             for n, p in model.named_parameters():
