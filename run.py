@@ -15,6 +15,11 @@ log = logging.getLogger("run")
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
+    if cfg.get("dry_run", False):  # the resource plan of this job, from config files only; nothing runs
+        from repair.resources import plan, render
+
+        log.info("dry run: nothing is loaded or trained\n%s", render(*plan(cfg)))
+        return
     out_dir = HydraConfig.get().runtime.output_dir
     if cfg.get("resume", True) and completed_results(out_dir, cfg) is not None:
         log.info("resume: %s already holds complete results of this config; skipping (resume=false runs it again)",
