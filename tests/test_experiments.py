@@ -65,19 +65,25 @@ def test_every_experiment_recipe_composes(recipe):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         base = compose("config", overrides=[f"+experiment={recipe}"], return_hydra_config=True)
         params = _swept(base.hydra.sweeper.params)
-        assert {"method", "task", "seed"} <= set(params)
+        task_key = "paper_task" if "paper_task" in params else "task"  # paper_task: a task with the paper's sizes
+        assert {"method", task_key, "seed"} <= set(params)
         sweep = OmegaConf.to_container(base.hydra.sweep)  # unresolved templates
         folder = sweep["subdir"] + ":" + OmegaConf.to_container(base)["run_name"]
         assert "${now" not in sweep["dir"]  # a fixed folder: the same command resumes
         for key, values in params.items():
             if len(values) > 1:
-                assert "${" + (f"{key}.name" if key in ("method", "task") else key) + "}" in folder, (key, folder)
+                named = {"method": "method.name", "task": "task.name", "paper_task": "task.name"}.get(key, key)
+                assert "${" + named + "}" in folder, (key, folder)
         for i in range(max(len(v) for v in params.values())):  # every value of every key appears in some job
             job = {k: v[i % len(v)] for k, v in params.items()}
-            cfg = compose("config", overrides=[f"+experiment={recipe}", *(f"{k}={v}" for k, v in job.items())],
-                          return_hydra_config=True)
-            assert cfg.method.name == job["method"] and cfg.task.name == job["task"]
+            overrides = [f"{'+' if k == 'paper_task' else ''}{k}={v}" for k, v in job.items()]
+            cfg = compose("config", overrides=[f"+experiment={recipe}", *overrides], return_hydra_config=True)
+            assert cfg.method.name == job["method"] and job[task_key].startswith(cfg.task.name)
             build_method(cfg.method)
+            if "source" in cfg.task and cfg.task.source is None:  # real data the user points at: named clearly
+                with pytest.raises(ValueError, match="task.source"):
+                    build_task(cfg.task, int(cfg.seed))
+                continue
             task = build_task(cfg.task, int(cfg.seed))  # forget_limit fits the default task sizes
             plan(task, cfg)  # sequential.steps fits the forget subjects
             assert cfg.hydra.sweep.dir.startswith(f"outputs/sweeps/{recipe.removesuffix('_oracle')}/")

@@ -160,3 +160,15 @@ def test_checked_settings_build_the_same_task(suite_cfg):
     with pytest.raises(ValueError, match=r"task.num_agents = 'many' is invalid; valid: an integer"):
         task_settings(plain(cfg) | {"num_agents": "many"})
     assert dataclasses.asdict(settings) == plain(cfg)
+
+
+def test_pii_reaches_the_papers_2000_profiles_without_changing_smaller_tasks():
+    """Up to 2,000 names every pii task draws from the same pool as ever (its profiles, and every cached implant, stay
+    as they were); past that, names with a middle initial widen it (2,000 taught + holdout, unknown and contrast
+    subjects need 2,263)."""
+    from repair.tasks.pii import name_pool
+
+    assert not any(". " in n for n in name_pool(2000)) and len(name_pool(2000)) == 2000
+    assert name_pool(2001)[:2000] == name_pool(2000) and len(set(name_pool(2001))) == len(name_pool(2001))
+    with pytest.raises(ValueError, match="pii supports at most 38000 profiles"):
+        name_pool(40_000)

@@ -68,10 +68,23 @@ ATTRIBUTES: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
+MIDDLE = "ABCDEFGHJKLMNPRSTW"  # initials that widen the name pool past 2,000 (the paper's 2K profiles and their
+#                               holdout, unknown and contrast subjects)
+
+
+def name_pool(n: int) -> list[str]:
+    """Names to draw `n` from: first × last (2,000), the pool every task up to that size has always drawn from, so
+    its profiles are unchanged; past it, also every name with a middle initial (38,000 more)."""
+    names = [f"{f} {l}" for f in FIRST for l in LAST]
+    if n > len(names):
+        names += [f"{f} {m}. {l}" for m in MIDDLE for f in FIRST for l in LAST]
+    if n > len(names):
+        raise ValueError(f"pii supports at most {len(names)} profiles, asked for {n}")
+    return names
+
+
 def make_profiles(n: int, rng: random.Random) -> list[Profile]:
-    if n > len(FIRST) * len(LAST):
-        raise ValueError(f"pii supports at most {len(FIRST) * len(LAST)} profiles, asked for {n}")
-    names = rng.sample([f"{f} {l}" for f in FIRST for l in LAST], n)
+    names = rng.sample(name_pool(n), n)
     profiles = []
     for name in names:
         first, last = name.split(" ", 1)
