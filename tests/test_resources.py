@@ -97,3 +97,15 @@ def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path, cache_dir):
     out = done.stdout + done.stderr
     assert "Resource plan: tiny (llama" in out and "stamp " in out, out[-2000:]
     assert not (tmp_path / "results.json").exists()
+
+
+def test_gpu_check_says_what_to_install_where_there_is_no_cuda():
+    """scripts/gpu_check.sh (run on the CPU with DEVICE=cpu while writing it: 5 min) stops at once, saying why."""
+    import subprocess
+    from pathlib import Path
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: run scripts/gpu_check.sh itself")
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(["bash", "scripts/gpu_check.sh"], cwd=root, capture_output=True, text=True)
+    assert done.returncode == 2 and "CUDA is not available" in done.stderr and "CUDA build of torch" in done.stderr
