@@ -8,7 +8,7 @@ applies its gain. The head is always `get_output_embeddings()`. `patient.arch` p
 (`resolve`), before an implant or any other slow step, so a wrong path fails in seconds with the names that exist.
 
 Two layouts are handled where they are read, not by presets: a `Conv1D` weight is stored (in, out), the transpose
-of `nn.Linear`'s (GPT-2; `weight_layout`), and OPT flattens the MLP input to one row per token
+of `nn.Linear`'s (GPT-2; `is_transposed`, `weight_shape`), and OPT flattens the MLP input to one row per token
 (`repair.refusal.capture_down_proj` restores the positions).
 
 Adding a family: one `Architecture(...)` entry in PRESETS with its model types, then the test in
@@ -189,7 +189,7 @@ def through_output_norm(patient, layer: int, values: torch.Tensor, change: torch
     if not patient.modules.get("mlp_out_norm"):
         return change
     norm = patient.module("mlp_out_norm", layer)
-    gain = norm.weight.detach().double().cpu() + (1.0 if patient.arch.norm_gain == "one_plus_weight" else 0.0)
+    gain = norm_gain(patient, norm)
     eps = float(getattr(norm, "eps", getattr(norm, "variance_epsilon", 1e-6)))
     rms = (values.pow(2).mean(-1, keepdim=True) + eps).sqrt()
     added = gain * values / rms
@@ -197,6 +197,15 @@ def through_output_norm(patient, layer: int, values: torch.Tensor, change: torch
     target = (added + change) / gain
     scale = (target * values).sum(-1, keepdim=True) / target.pow(2).sum(-1, keepdim=True).clamp_min(1e-24)
     return scale.clamp_min(1e-3) * target - values
+
+
+def norm_gain(patient, norm: torch.nn.Module) -> torch.Tensor | None:
+    """What a norm of this family multiplies by (float64, CPU): its weight, or 1 + weight (Gemma); None if it has no
+    weight."""
+    weight = getattr(norm, "weight", None)
+    if weight is None:
+        return None
+    return weight.detach().double().cpu() + (1.0 if patient.arch.norm_gain == "one_plus_weight" else 0.0)
 
 
 def final_norm(patient) -> torch.nn.Module:
@@ -208,9 +217,8 @@ def readout_gain(patient, directions: torch.Tensor) -> torch.Tensor:
     """Residual-stream directions (float64, CPU) that move the logits along `directions` (rows in the head's space):
     through the final norm's gain (Gemma: 1 + weight), and for a LayerNorm with the mean removed, which it ignores."""
     norm = final_norm(patient)
-    weight = getattr(norm, "weight", None)
-    if weight is not None:
-        gain = weight.detach().double().cpu() + (1.0 if patient.arch.norm_gain == "one_plus_weight" else 0.0)
+    gain = norm_gain(patient, norm)
+    if gain is not None:
         directions = directions * gain
     if isinstance(norm, torch.nn.LayerNorm):
         directions = directions - directions.mean(-1, keepdim=True)

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from repair.architectures import PER_LAYER, resolve as resolve_architecture, templates, weight_shape
+from repair.architectures import resolve as resolve_architecture, weight_shape
 from repair.patient import DTYPES, Patient, hf_location
 from repair.settings import plain
 from repair.tasks.corpus import GENERAL_QUESTIONS
@@ -101,18 +101,15 @@ def training_phase(name: str, patient: Patient, dtype: torch.dtype, layers: Any,
     float32 with their gradients and AdamW), activations kept for backward, and the answer positions' logits. A
     retain term is backpropagated after the forget term, yet resident memory holds both (measured: NPO with its
     retain term +0.8 GB over GA on the default patient), so its activations count again."""
-    from repair.training import select_parameters
+    from repair.training import lora_targets, select_parameters
 
     b = _bytes(dtype)
     trained = select_parameters(patient, layers, modules, name)
     phase = Phase(name, device={"weights": n_params(patient.model) * b})
-    if lora_rank:
-        head = patient.model.get_output_embeddings()
-        owners = {n.rpartition(".")[0] for n in trained if n.endswith(".weight")}
-        adapted = [m for o in owners if (m := patient.model.get_submodule(o)) is not head
-                   and (isinstance(m, torch.nn.Linear) or type(m).__name__ == "Conv1D")]
-        factors = sum(lora_rank * sum(weight_shape(m)) for m in adapted)
-        rest = sum(p.numel() for n, p in trained.items() if n.rpartition(".")[0] not in owners)
+    if lora_rank:  # as `training.low_rank_adapters` splits them: adapted projections, the rest trained in full
+        adapted = lora_targets(patient.model, trained)
+        factors = sum(lora_rank * sum(weight_shape(patient.model.get_submodule(o))) for o in adapted)
+        rest = sum(p.numel() for n, p in trained.items() if n.removesuffix(".weight") not in adapted)
         phase.device["lora factors, gradients, AdamW (float32)"] = factors * (4 + 4 + ADAM_BYTES)
         if rest:
             phase.device["other trained weights: gradients, AdamW"] = rest * (b + ADAM_BYTES)

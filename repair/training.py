@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Iterator, Literal, Sequence, Union
 
 import torch
 
-from repair.architectures import PER_LAYER
+from repair.architectures import PER_LAYER, is_transposed
 from repair.progress import progress
 from repair.settings import require
 
@@ -116,6 +116,15 @@ class Optimiser:
 HALF = (torch.float16, torch.bfloat16)
 
 
+def lora_targets(model: torch.nn.Module, params: Iterable[str]) -> list[str]:
+    """The modules whose selected weight LoRA adapts: every projection (nn.Linear or transformers' Conv1D) but the
+    output head, by name."""
+    head = model.get_output_embeddings()
+    owners = [n.rpartition(".")[0] for n in params if n.endswith(".weight")]
+    return [o for o in owners if (m := model.get_submodule(o)) is not head
+            and (isinstance(m, torch.nn.Linear) or is_transposed(m))]
+
+
 @contextlib.contextmanager
 def low_rank_adapters(model: torch.nn.Module, params: dict[str, torch.nn.Parameter], rank: int, alpha: float):
     """Yield what to optimise: LoRA factors on every selected projection weight (nn.Linear or transformers'
@@ -125,18 +134,11 @@ def low_rank_adapters(model: torch.nn.Module, params: dict[str, torch.nn.Paramet
     from peft import LoraConfig, inject_adapter_in_model
     from peft.tuners.lora import LoraLayer
 
-    head = model.get_output_embeddings()
-    projections = []
-    for name in params:
-        owner = name.rpartition(".")[0]
-        module = model.get_submodule(owner) if name.endswith(".weight") else None
-        if module is not None and module is not head and (isinstance(module, torch.nn.Linear)
-                                                          or type(module).__name__ == "Conv1D"):
-            projections.append(owner)
+    projections = lora_targets(model, params)
     if not projections:
         raise ValueError(f"lora_rank={rank}: the selected weights hold no projection (nn.Linear) to adapt; select "
                          f"module roles such as [mlp, attention], or set lora_rank: 0")
-    transposed = any(type(model.get_submodule(n)).__name__ == "Conv1D" for n in projections)
+    transposed = any(is_transposed(model.get_submodule(n)) for n in projections)
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=projections,
                         fan_in_fan_out=transposed, init_lora_weights=True)
     adapted = {f"{n}.weight" for n in projections}

@@ -22,6 +22,17 @@ SMALL_PII = ["task.num_profiles=6", "task.attributes=[address,phone]", "task.num
 TINY = ["patient=tiny", "logger=none", *SMALL_PII]
 
 
+def mean_nll(patient, items) -> float:
+    """Mean answer NLL of `items` on the patient: what a forgetting (or retaining) test compares before and after."""
+    import torch
+
+    from repair.data import answer_nll, collate, encode
+
+    batch = collate(encode(patient.tokenizer, items), patient.tokenizer.pad_token_id, patient.device)
+    with torch.no_grad():
+        return answer_nll(patient.model, batch).mean().item()
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One torch thread for a module of small tiny-patient steps: they run fastest that way, and on a shared 2-core

@@ -10,7 +10,7 @@ import torch
 
 from repair import patient as patients
 from repair.architectures import PRESETS, readout_gain
-from repair.data import answer_logits, answer_nll, collate, encode
+from repair.data import answer_logits, collate, encode
 from repair.evaluate import score_split
 from repair.implant import implant
 from repair.methods import build_method
@@ -18,6 +18,7 @@ from repair.patches import Delta, Patch
 from repair.stamp.method import EditFailed
 from repair.tasks import QA, build_task
 from repair.training import select_parameters
+from tests.conftest import mean_nll
 
 WIDTH, MLP, LAYERS, HEADS = 64, 256, 2, 4  # the `tiny` patient's shape
 
@@ -103,12 +104,6 @@ def test_every_family_is_detected_and_its_roles_cover_the_blocks(make_cfg, cache
     norms = {n for n in blocks if n.split(".")[-3].isdigit() and ("norm" in n or ".ln_" in n)}  # on the block
     assert set(chosen) == blocks - norms, sorted((blocks - norms) ^ set(chosen))
     assert select_parameters(patient, "all", ["mlp_down"], "implant")  # one projection per layer
-
-
-def mean_nll(patient, items) -> float:
-    batch = collate(encode(patient.tokenizer, items), patient.tokenizer.pad_token_id, patient.device)
-    with torch.no_grad():
-        return answer_nll(patient.model, batch).mean().item()
 
 
 @pytest.mark.slow

@@ -12,11 +12,11 @@ import torch
 from baselines import losses
 from baselines.asu import attention_temperature
 from baselines.flat import FLATSettings
-from repair.data import answer_nll, collate, encode
 from repair.evaluate import score_split
 from repair.implant import implant_settings, trainable_parameters
 from repair.methods import MethodBase, build_method
 from repair.training import lr_factor, select_parameters
+from tests.conftest import mean_nll
 
 # tiny-patient settings: its 2 layers learn from a high learning rate; RMU steers its last layer, ASU smooths harder
 # (a 2-layer model recalls its facts with flat attention far better than SmolLM2 does)
@@ -36,12 +36,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread
 
 def build(make_cfg, name: str, *overrides: str):
     return build_method(make_cfg(f"method={name}", *TINY_METHODS[name], *overrides).method)
-
-
-def mean_nll(patient, items) -> float:
-    batch = collate(encode(patient.tokenizer, items), patient.tokenizer.pad_token_id, patient.device)
-    with torch.no_grad():
-        return answer_nll(patient.model, batch).mean().item()
 
 
 @pytest.mark.parametrize("name", list(TINY_METHODS))

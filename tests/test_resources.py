@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from repair.methods import build_method
 from repair.resources import GB, plan, render
 
 # Llama-3-8B-Instruct's config.json (meta-llama/Meta-Llama-3-8B-Instruct), no weights

@@ -8,21 +8,15 @@ import copy
 import pytest
 import torch
 
-from repair.data import answer_nll, collate, encode
 from repair.implant import implant_key
 from repair.methods import build_method
 from repair.training import low_rank_adapters
+from tests.conftest import mean_nll
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 GA = ["method=ga", "method.stop_forget_nll=null"]
 DOWN = "model.layers.1.mlp.down_proj.weight"
-
-
-def mean_nll(patient, items) -> float:
-    batch = collate(encode(patient.tokenizer, items), patient.tokenizer.pad_token_id, patient.device)
-    with torch.no_grad():
-        return answer_nll(patient.model, batch).mean().item()
 
 
 def test_bf16_weights_train_through_float32_masters(make_cfg, implanted):
