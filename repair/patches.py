@@ -47,9 +47,10 @@ class Delta:
     right: torch.Tensor  # (r, in)
     transposed: bool = False
 
-    def dense(self, dtype=torch.float32) -> torch.Tensor:
-        """The change in the weight's own layout."""
-        product = (self.left.to(torch.float64) @ self.right.to(torch.float64)).to(dtype)
+    def dense(self, dtype=torch.float32, device: torch.device | str | None = None) -> torch.Tensor:
+        """The change in the weight's own layout (formed on `device`, the factors' by default)."""
+        device = self.left.device if device is None else device
+        product = (self.left.to(device, torch.float64) @ self.right.to(device, torch.float64)).to(dtype)
         return product.T if self.transposed else product
 
     @property
@@ -104,9 +105,11 @@ class Patch:
         params = dict(model.named_parameters())
         for d in self.deltas:
             p = params[d.parameter]
-            if d.parameter not in self._originals:  # two deltas on one weight: keep the weight before the first
-                self._originals[d.parameter] = p.detach().clone()
-            p.add_(d.dense(p.dtype).to(p.device))
+            # two deltas on one weight: keep the weight before the first; in host memory, where a chat's patches
+            # pile up without taking GPU memory
+            if d.parameter not in self._originals:
+                self._originals[d.parameter] = p.detach().to("cpu", copy=True)
+            p.add_(d.dense(p.dtype, p.device))
         self._applied = {name: _fingerprint(params[name]) for name in self._originals}
         self.provenance.setdefault("applied_at", time.time())
         return ratios

@@ -9,7 +9,7 @@ import contextlib
 import inspect
 import logging
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -20,11 +20,11 @@ log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def capture_down_proj(patient: Patient, layers: Sequence[int]):
-    """Record (keys, values) of `mlp_down` at each layer during the forward passes inside the block, as
-    (batch, positions, width). A family that flattens the MLP input to one row per token (OPT) gets its positions
-    back from the shape of the block's input."""
-    store: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {l: [] for l in layers}
+def capture_down_proj(patient: Patient, layers: Sequence[int], take: Callable[[int, torch.Tensor, torch.Tensor], None]):
+    """During the forward passes inside the block, hand each layer's `mlp_down` (keys, values), as (batch,
+    positions, width), to `take(layer, keys, values)` as soon as the layer has run: nothing of a layer is kept
+    past it unless `take` keeps it. A family that flattens the MLP input to one row per token (OPT) gets its
+    positions back from the shape of the block's input."""
     shapes: dict[int, torch.Size] = {}
     hooks = []
     for layer in layers:
@@ -36,11 +36,11 @@ def capture_down_proj(patient: Patient, layers: Sequence[int]):
             keys, values = inputs[0].detach(), output.detach()
             if keys.dim() == 2:  # (batch × positions, width)
                 keys, values = keys.reshape(*shapes[layer], -1), values.reshape(*shapes[layer], -1)
-            store[layer].append((keys, values))
+            take(layer, keys, values)
         hooks.append(patient.module("layers", layer).register_forward_pre_hook(block_input, with_kwargs=True))
         hooks.append(patient.module("mlp_down", layer).register_forward_hook(hook))
     try:
-        yield store
+        yield
     finally:
         for h in hooks:
             h.remove()
@@ -51,31 +51,62 @@ def last_logits_only(model) -> dict:
     return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
 
 
-@torch.no_grad()
-def activations_at(patient: Patient, texts: Sequence[str], positions: Sequence[Sequence[int]], layers: Sequence[int],
-                   batch_size: int = 16) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-    """Keys (n, m) and values (n, d) at the given token positions of each text, per layer (float64, on CPU)."""
+def _for_each_batch(patient: Patient, texts: Sequence[str], positions: Sequence[Sequence[int]], layers: Sequence[int],
+                    batch_size: int, take: Callable[[int, torch.Tensor, torch.Tensor], None]) -> None:
+    """Forward passes over right-padded batches of prompts; `take(layer, keys, values)` gets each layer's rows at
+    the batch's positions (n_rows × width, on the patient's device in its dtype) while the pass runs."""
     tok = patient.tokenizer
-    keys: dict[int, list[torch.Tensor]] = {l: [] for l in layers}
-    values: dict[int, list[torch.Tensor]] = {l: [] for l in layers}
     for start in range(0, len(texts), batch_size):
-        chunk = list(texts[start:start + batch_size])
-        pos = positions[start:start + batch_size]
-        enc = [tok(t, add_special_tokens=False)["input_ids"] for t in chunk]
-        width = max(len(e) for e in enc)
-        ids = torch.full((len(enc), width), tok.pad_token_id, dtype=torch.long)
+        enc = [tok(t, add_special_tokens=False)["input_ids"] for t in texts[start:start + batch_size]]
+        rows = [(i, j) for i, p in enumerate(positions[start:start + batch_size]) for j in p]
+        ids = torch.full((len(enc), max(len(e) for e in enc)), tok.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for i, e in enumerate(enc):
             ids[i, :len(e)], mask[i, :len(e)] = torch.tensor(e), 1
-        with capture_down_proj(patient, layers) as store:
+        batch_idx = torch.tensor([i for i, _ in rows], dtype=torch.long, device=patient.device)
+        token_idx = torch.tensor([j for _, j in rows], dtype=torch.long, device=patient.device)
+
+        def at_positions(layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+            take(layer, keys[batch_idx, token_idx], values[batch_idx, token_idx])
+
+        with capture_down_proj(patient, layers, at_positions):
             patient.model(input_ids=ids.to(patient.device), attention_mask=mask.to(patient.device),
                           **last_logits_only(patient.model))  # the hooks need no logits
-        for layer in layers:
-            k, v = store[layer][0]
-            for i, p in enumerate(pos):
-                keys[layer].append(k[i, list(p)].double().cpu())
-                values[layer].append(v[i, list(p)].double().cpu())
+
+
+@torch.no_grad()
+def activations_at(patient: Patient, texts: Sequence[str], positions: Sequence[Sequence[int]], layers: Sequence[int],
+                   batch_size: int = 16, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu"
+                   ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Keys (n, m) and values (n, d) at the given token positions of each text, per layer (float64 on the CPU
+    unless `dtype`/`device` say otherwise)."""
+    keys: dict[int, list[torch.Tensor]] = {l: [] for l in layers}
+    values: dict[int, list[torch.Tensor]] = {l: [] for l in layers}
+
+    def take(layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        keys[layer].append(k.to(device=device, dtype=dtype))
+        values[layer].append(v.to(device=device, dtype=dtype))
+
+    _for_each_batch(patient, list(texts), positions, layers, batch_size, take)
     return {l: (torch.cat(keys[l]), torch.cat(values[l])) for l in layers}
+
+
+@torch.no_grad()
+def gram_at(patient: Patient, texts: Sequence[str], positions: Sequence[Sequence[int]], layers: Sequence[int],
+            devices: dict[int, torch.device | str], dtype: torch.dtype = torch.float32, batch_size: int = 16
+            ) -> tuple[dict[int, torch.Tensor], int]:
+    """Σ kkᵀ over the keys at the given positions (m × m per layer, on that layer's device in `dtype`), summed batch
+    by batch so that the keys themselves are never all kept; and how many keys went in."""
+    grams: dict[int, torch.Tensor] = {}
+
+    def take(layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        k = k.to(device=devices[layer], dtype=dtype)
+        if layer not in grams:
+            grams[layer] = torch.zeros(k.shape[1], k.shape[1], dtype=dtype, device=devices[layer])
+        grams[layer].addmm_(k.T, k)
+
+    _for_each_batch(patient, list(texts), positions, layers, batch_size, take)
+    return grams, sum(len(p) for p in positions)
 
 
 def token_positions(tokenizer, text: str, span: str | None = None, last: int | None = None) -> list[int]:

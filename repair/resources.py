@@ -25,7 +25,6 @@ import torch
 from repair.architectures import resolve as resolve_architecture, weight_shape
 from repair.patient import DTYPES, Patient, hf_location
 from repair.settings import plain
-from repair.tasks.corpus import GENERAL_QUESTIONS
 
 log = logging.getLogger(__name__)
 
@@ -136,40 +135,50 @@ def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())  # tied weights are one parameter
 
 
-def stamp_phase(patient: Patient, dtype: torch.dtype, method: dict, task_corpus: int) -> Phase:
-    """Forward passes only on the device; on the host (float64, as the solve needs): per edited layer the held
-    Gram, the request's copy and its Cholesky factor (m × m each), the generic text's keys and outputs at every
-    token (kept for the method's life; twice while they are concatenated), the stored contrast keys, and STAMP-LR's
-    top directions. Generic tokens: the 24 general questions (≤ 48 tokens each with the chat template) and up to 16
-    corpus texts (≤ 128 tokens each): pii's measured 1,701."""
+def stamp_phase(patient: Patient, dtype: torch.dtype, method: dict, buffer_items: int | None) -> Phase:
+    """Keys, Grams and solves on the patient's device in `method.precision`: the forward passes (one batch of 16
+    prompts × 128 tokens at a time; each layer's keys are reduced as the layer runs), the held Grams (m × m per edited
+    layer, past `method.gram_budget_gb` in host memory), one layer's solve at a time (STAMP: the system and its
+    Cholesky factor, m × m each; STAMP-LR: its r-dimensional basis, never m × m), the retain buffer's keys at every
+    token (~64 per item) and the request's contrast keys. On the host: the edited weights as they were (the patch
+    keeps them to revert) and the stored contrast keys in the model's dtype."""
     b = _bytes(dtype)
-    n_layers = patient.num_layers
+    p = 8 if method.get("precision") == "float64" else 4
     edited = method["num_layers"] if method["layers"] == "auto" else len(method["layers"])
-    edited = min(edited, n_layers)
+    edited = min(edited, patient.num_layers)
     m = weight_shape(patient.module("mlp_down", 0))[1]
     d = patient.model.config.hidden_size
+    tokens = 16 * 128
+    # a forward pass holds about two layers' intermediates at once (measured: 0.19 GB for 16 × 128 tokens on the
+    # default patient, against 0.09 GB for one layer's norms, attention and MLP inputs and outputs)
     phase = Phase(method["name"], device={"weights": n_params(patient.model) * b,
-                                          "forward pass of 16 prompts × 128 tokens": 16 * 128 * (4 * d + 2 * m) * b})
-    if method["name"] == "stamp_lowrank":  # the held Gram and, once, its eigendecomposition for the top directions
-        phase.host["held Gram, its eigendecomposition (float64)"] = edited * 2 * m * m * 8
-    else:
-        phase.host["Grams: held, per request, Cholesky (float64)"] = edited * 3 * m * m * 8
-    generic_tokens = len(GENERAL_QUESTIONS) * 48 + min(task_corpus, 16) * 128
-    phase.host["generic text keys and outputs (float64, ×2 while joined)"] = edited * generic_tokens * (m + d) * 8 * 2
-    phase.host["contrast keys (model dtype)"] = edited * method["contrast_prompts"] * m * b
+                                          "forward pass of 16 prompts × 128 tokens": 2 * tokens * (10 * d + 4 * m) * b})
+    budget = method.get("gram_budget_gb")
+    on_device = edited if budget is None else min(edited, int(budget * 1e9 // (m * m * p)))
+    phase.device[f"held Grams ({'float64' if p == 8 else 'float32'}, m × m per edited layer)"] = on_device * m * m * p
+    if on_device < edited:
+        phase.host["held Grams past gram_budget_gb"] = (edited - on_device) * m * m * p
     if method["name"] == "stamp_lowrank":
-        phase.host["top directions (float64)"] = edited * m * int(method.get("rank", 0)) * 8
+        r = min(int(method.get("rank", 0)), m)
+        phase.device["one layer's solve: basis, its products, top directions"] = 3 * m * r * p + edited * m * r * p
+    else:
+        phase.device["one layer's solve: system and Cholesky factor"] = 2 * m * m * p
+    held_rows = (buffer_items if buffer_items is not None else 32) * 64 + method["contrast_prompts"]
+    phase.device["retain-buffer and contrast keys and outputs"] = edited * held_rows * (m + d) * p
+    phase.host["edited weights kept to revert"] = edited * m * d * b
+    phase.host["stored contrast keys (model dtype)"] = edited * method["contrast_prompts"] * (m + d) * b
     return phase
 
 
-def forget_count(cfg: dict) -> int | None:
-    """The task's forget set size, where the task builds without data files (None otherwise)."""
+def task_sizes(cfg: dict) -> tuple[int | None, int | None]:
+    """The task's forget set and retain buffer sizes, where the task builds without data files (None otherwise)."""
     from repair.tasks import build_task
 
     try:
-        return len(build_task(cfg["task"], int(cfg.get("seed", 0))).forget)
+        task = build_task(cfg["task"], int(cfg.get("seed", 0)))
     except Exception:  # a real-data task without its source here: the plan says '?'
-        return None
+        return None, None
+    return len(task.forget), len(task.retain_buffer)
 
 
 def plan(cfg) -> tuple[list[Phase], dict[str, Any]]:
@@ -185,8 +194,9 @@ def plan(cfg) -> tuple[list[Phase], dict[str, Any]]:
         phases.append(training_phase("implant", patient, dtype, imp["train_layers"], imp["train_modules"],
                                      imp["batch_size"], imp["max_length"], imp.get("lora_rank", 0),
                                      imp.get("gradient_checkpointing", False)))
+    n_forget, n_buffer = task_sizes(cfg)
     if method["name"] in ("stamp", "stamp_lowrank"):
-        phases.append(stamp_phase(patient, dtype, method, int(cfg["task"].get("corpus_size", 32))))
+        phases.append(stamp_phase(patient, dtype, method, n_buffer))
     elif "lr" in method:
         layers = method["train_layers"]
         if method["name"] == "rmu" and layers == "auto":
@@ -195,7 +205,6 @@ def plan(cfg) -> tuple[list[Phase], dict[str, Any]]:
                                method["batch_size"], method["max_length"], method.get("lora_rank", 0),
                                method.get("gradient_checkpointing", False), method.get("retain_weight", 0) > 0)
         if method["name"] == "asu":  # the smoothed teacher's distributions at every forget answer position
-            n_forget = forget_count(cfg)
             per_example = ANSWER_TOKENS * patient.model.config.vocab_size * 4
             phase.device[f"teacher distributions ({n_forget or '?'} forget examples)"] = per_example * (n_forget or 1)
         phases.append(phase)

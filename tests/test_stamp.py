@@ -9,8 +9,9 @@ import torch
 from repair.generation import generate
 from repair.methods import build_method
 from repair.patches import Delta, Patch, PatchRejected
-from repair.stamp import full_solve, held_gram, lowrank_solve, refusal_gaps
-from repair.stamp.keys import References, contrasts, nearest
+from repair.stamp import full_solve, held_gram, lowrank_solve, refusal_gaps, top_directions
+from repair.stamp.keys import References, contrasts, gram_devices, nearest
+from repair.stamp.solve import HeldGram
 from repair.tasks.refusals import is_refusal
 
 # the tiny patient has 2 layers (both edited) and a 256-wide MLP; measured to refuse at strength 3 with 48 contrasts
@@ -49,6 +50,77 @@ def test_krylov_basis_brings_the_lowrank_edit_to_the_full_one():
                      / full.norm())
 
     assert error(0) > 0.5 and error(16) < 0.02
+
+
+def test_a_request_joins_the_held_gram_without_a_full_width_copy():
+    """A request's contrast keys are kept beside the cached Gram (`HeldGram`): products, trace and STAMP's system
+    equal those of the summed Gram, and STAMP-LR solves the same edit as with the summed Gram without ever forming
+    an m × m matrix of its own."""
+    g = torch.Generator().manual_seed(0)
+    k_f, k_r, k_c, extra = (torch.randn(n, 64, generator=g, dtype=torch.float64) for n in (3, 40, 80, 6))
+    t = torch.randn(3, 16, generator=g, dtype=torch.float64)
+    static = held_gram(k_r, k_c, 1.0, 1.0)
+    dense, held = static + extra.T @ extra, HeldGram(static, extra)
+    x = torch.randn(64, 5, generator=g, dtype=torch.float64)
+    assert torch.allclose(held @ x, dense @ x) and held.trace() == pytest.approx(float(dense.trace()))
+    assert torch.allclose(torch.matmul(*full_solve(k_f, t, held, 1e-2)), torch.matmul(*full_solve(k_f, t, dense, 1e-2)))
+
+    class NoFullWidth(HeldGram):
+        def plus(self, rows):
+            raise AssertionError("STAMP-LR formed a full-width matrix for the request")
+
+    directions = top_directions(static, 16)
+    for steps in (0, 2):
+        low = torch.matmul(*lowrank_solve(k_f, t, NoFullWidth(static, extra), 1e-2, 16, directions,
+                                          krylov_steps=steps))
+        assert torch.allclose(low, torch.matmul(*lowrank_solve(k_f, t, dense, 1e-2, 16, directions,
+                                                               krylov_steps=steps)), atol=1e-10)
+
+
+def test_held_grams_stay_on_the_device_within_the_budget():
+    """`method.gram_budget_gb`: layers' Grams on the patient's device while they fit, in host memory past it."""
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    widths = {10: 1000, 11: 1000, 12: 1000}  # 4 MB each in float32, 8 MB in float64
+    assert gram_devices(widths, torch.float32, cuda, 0.009) == {10: cuda, 11: cuda, 12: cpu}
+    assert gram_devices(widths, torch.float64, cuda, 0.009) == {10: cuda, 11: cpu, 12: cpu}
+    assert gram_devices(widths, torch.float32, cuda, None) == {10: cuda, 11: cuda, 12: cuda}
+    assert gram_devices(widths, torch.float32, cpu, 0.0) == {10: cpu, 11: cpu, 12: cpu}
+
+
+def test_gram_summed_batch_by_batch_equals_the_keys_gram(fresh_patient):
+    from repair.data import chat_prompt
+    from repair.refusal import activations_at, gram_at, token_positions
+
+    patient, task = fresh_patient
+    texts = [chat_prompt(patient.tokenizer, q.question) + q.answer for q in task.retain]
+    positions = [token_positions(patient.tokenizer, t) for t in texts]
+    keys = activations_at(patient, texts, positions, [0, 1], batch_size=3)  # the same batches: the same rounding
+    grams, count = gram_at(patient, texts, positions, [0, 1], {0: "cpu", 1: "cpu"}, torch.float64, batch_size=3)
+    assert count == sum(map(len, positions)) == len(keys[0][0])
+    for layer in (0, 1):
+        expected = keys[layer][0].T @ keys[layer][0]
+        assert float((grams[layer] - expected).norm() / expected.norm()) < 1e-12
+
+
+@pytest.mark.parametrize("method", ["stamp", "stamp_lowrank"])
+def test_float32_keys_grams_and_solves_give_the_float64_edit(make_cfg, fresh_patient, method):
+    """`method.precision`: float32 (the default: half the memory, the GPU's fast path) fits the float64 edit, and
+    the held Grams are kept in the precision asked for."""
+    from repair.stamp.keys import PRECISIONS
+
+    patient, task = fresh_patient
+    edits = {}
+    for precision in ("float64", "float32"):
+        stamp = build_method(make_cfg(f"method={method}", *TINY_STAMP, *TINY_RANK[method],
+                                      f"method.precision={precision}", "method.store_keys=false").method)
+        stamp.prepare(task)
+        unlearned = stamp.unlearn(patient, task.forget, task.retain_buffer)
+        edits[precision] = [d.dense(torch.float64) for d in unlearned.patch.deltas]
+        unlearned.patch.revert(patient.model)
+        (held,) = [v for k, v in stamp.cache._entries.items() if k.startswith("held-")]
+        assert {h["gram"].dtype for h in held.values()} == {PRECISIONS[precision]}
+    for full, single in zip(edits["float64"], edits["float32"]):
+        assert float((single - full).norm() / full.norm()) < 1e-3
 
 
 def test_refusal_gap_never_counts_the_answers_own_first_token():
@@ -147,6 +219,10 @@ def test_bad_stamp_configs_fail_clearly(make_cfg, fresh_patient):
         build_method(make_cfg("method=stamp", "method.target=unknown").method)
     with pytest.raises(ValueError, match=r"method.contrast_source = .retain. is invalid; valid: forget, buffer"):
         build_method(make_cfg("method=stamp", "method.contrast_source=retain").method)
+    with pytest.raises(ValueError, match=r"method.precision = .float16. is invalid; valid: float32, float64"):
+        build_method(make_cfg("method=stamp", "method.precision=float16").method)
+    with pytest.raises(ValueError, match=r"method.gram_budget_gb = -1(\.0)? is invalid; valid: null"):
+        build_method(make_cfg("method=stamp", "method.gram_budget_gb=-1").method)
     with pytest.raises(ValueError, match=r"method.rank = 0 is invalid; valid: an integer >= 1"):
         build_method(make_cfg("method=stamp_lowrank", "method.rank=0").method)
     with pytest.raises(ValueError, match=r"method has unknown setting\(s\) \['strenght'\]; valid: name, keys, target"):

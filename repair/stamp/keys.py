@@ -22,9 +22,9 @@ from repair.data import chat_prompt
 from repair.io import atomic_path, stable_digest
 from repair.patient import Patient
 from repair.progress import Phases
-from repair.refusal import activations_at, token_positions
+from repair.refusal import activations_at, gram_at, token_positions
 from repair.stamp.settings import StampSettings
-from repair.stamp.solve import held_gram
+from repair.stamp.solve import HeldGram
 from repair.tasks import QA
 from repair.tasks.choice import stem, with_options
 from repair.tasks.corpus import GENERAL_QUESTIONS
@@ -102,7 +102,7 @@ class KeyCache:
     @staticmethod
     def _read(path: Path) -> Any:
         try:
-            return torch.load(path, weights_only=True) if path.exists() else None
+            return torch.load(path, weights_only=True, map_location="cpu") if path.exists() else None
         except Exception as err:  # a truncated or foreign file: recompute, and the write replaces it
             log.warning("unreadable key store entry %s (%s); recomputing it", path, err)
             return None
@@ -131,9 +131,11 @@ class KeyCache:
         return value
 
     def activations(self, patient: Patient, texts: Sequence[str], positions: Sequence[Sequence[int]],
-                    layers: Sequence[int], kind: str = "contrast") -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+                    layers: Sequence[int], kind: str = "contrast", dtype: torch.dtype = torch.float64,
+                    device: torch.device | str = "cpu") -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
         """`activations_at`, per prompt from memory or disk where it was computed before (a contrast prompt recurs
-        in every request with a question of its form); the missing ones in one batched call."""
+        in every request with a question of its form); the missing ones in one batched call. Kept in host memory
+        in the model's dtype; returned in `dtype` on `device`."""
         entries, folder = self._memory(patient), self._folder(patient)
         names = [f"{kind}-{digest([t, list(p), list(layers)])}" for t, p in zip(texts, positions)]
         found: dict[str, Any] = {}
@@ -152,17 +154,18 @@ class KeyCache:
         todo = list(first.values())
         if todo:
             self._count(kind, "computed", len(todo))
-            acts = activations_at(patient, [texts[i] for i in todo], [positions[i] for i in todo], layers)
-            dtype, offset = next(patient.model.parameters()).dtype, 0
-            for i in todo:  # stored in the model's dtype, which the activations came in: a lossless round trip
+            model_dtype, offset = next(patient.model.parameters()).dtype, 0  # the activations' own dtype: lossless
+            acts = activations_at(patient, [texts[i] for i in todo], [positions[i] for i in todo], layers,
+                                  dtype=model_dtype)
+            for i in todo:
                 n = len(positions[i])
-                value = {l: (k[offset:offset + n].to(dtype), v[offset:offset + n].to(dtype))
-                         for l, (k, v) in acts.items()}
+                value = {l: (k[offset:offset + n], v[offset:offset + n]) for l, (k, v) in acts.items()}
                 offset += n
                 found[names[i]] = entries[names[i]] = value
             if folder:
                 self._write(patient, {folder / kind / f"{names[i]}.pt": found[names[i]] for i in todo})
-        return {l: tuple(torch.cat([found[n][l][i] for n in names]).double() for i in (0, 1)) for l in layers}
+        return {l: tuple(torch.cat([found[n][l][i] for n in names]).to(device=device, dtype=dtype) for i in (0, 1))
+                for l in layers}
 
 
 def digest(value: Any) -> str:
@@ -278,70 +281,105 @@ def counterfactuals(patient: Patient, settings: StampSettings, forget: Sequence[
     return texts, cf_positions
 
 
-def generic_keys(patient: Patient, layers: list[int], refs: References, cache: KeyCache, phase: Phases):
-    """Keys of ordinary questions and text at every token."""
-    def build():
-        with phase("generic_keys"):
-            texts = [chat_prompt(patient.tokenizer, q) for q in GENERAL_QUESTIONS] + refs.generic_texts[:16]
-            return activations_at(patient, texts, [token_positions(patient.tokenizer, t) for t in texts], layers)
-    return cache.get("generic", patient, layers, refs.generic_texts[:16], build, disk=False)  # only the Gram is stored
+PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
+
+
+def solve_space(patient: Patient, settings: StampSettings) -> tuple[torch.device, torch.dtype]:
+    """Where STAMP's held keys, Grams and solves live: on the patient's device, in `method.precision`."""
+    return torch.device(patient.device), PRECISIONS[settings.precision]
+
+
+def gram_devices(widths: dict[int, int], dtype: torch.dtype, device: torch.device, budget_gb: float | None
+                 ) -> dict[int, torch.device]:
+    """Per edited layer, where its held Gram (m × m) is kept: on the solve's device while the Grams so far fit in
+    `budget_gb` (`method.gram_budget_gb`; None: no budget), in host memory past it. On a CPU patient both are the
+    same memory."""
+    cpu = torch.device("cpu")
+    if budget_gb is None or device.type == "cpu":
+        return {layer: device for layer in widths}
+    used, out = 0.0, {}
+    for layer, m in widths.items():
+        used += m * m * torch.finfo(dtype).bits / 8 / 1e9
+        out[layer] = device if used <= budget_gb else cpu
+    return out
+
+
+def generic_gram(patient: Patient, layers: list[int], refs: References, devices: dict[int, torch.device],
+                 dtype: torch.dtype, phase: Phases) -> tuple[dict[int, torch.Tensor], int]:
+    """The Gram of ordinary questions' and text's keys at every token, summed batch by batch (the keys themselves
+    are not kept: at ~1,700 tokens × 16 layers they were most of STAMP's extra memory), and the token count."""
+    with phase("generic_keys"):
+        texts = [chat_prompt(patient.tokenizer, q) for q in GENERAL_QUESTIONS] + refs.generic_texts[:16]
+        return gram_at(patient, texts, [token_positions(patient.tokenizer, t) for t in texts], layers, devices, dtype)
 
 
 def held_system(patient: Patient, settings: StampSettings, layers: list[int], forget: Sequence[QA],
                 retain_buffer: Sequence[QA], refs: References, cache: KeyCache, phase: Phases
                 ) -> dict[int, dict]:
-    """Per layer: the Gram of every held key (retain buffer, contrasts, generic text), and the retain and contrast
-    keys with their outputs' norm (to report how far the edit moves them). The part that does not depend on the
-    forget request is computed once per patient, layers and buffer (`KeyCache`); contrasts made from the forget
-    questions are added per request. Each part is timed as its own `phase`."""
+    """Per layer: the Gram of every held key (retain buffer, contrasts, generic text) as a `HeldGram`, and the
+    retain and contrast keys with their outputs' norm (to report how far the edit moves them), on the patient's
+    device in `method.precision` (Grams past `method.gram_budget_gb` in host memory). The part that does not
+    depend on the forget request is computed once per patient, layers and buffer (`KeyCache`); contrasts made from
+    the forget questions are added per request, without copying the static Gram. Each part is timed as its own
+    `phase`."""
     readout = settings.target == "refusal_readout"
     n_contrasts = settings.contrast_prompts if readout else 0
     from_buffer = bool(retain_buffer) and settings.contrast_source == "buffer"
     w_r, w_x, lam = settings.retain_weight, settings.contrast_weight, settings.cov_weight
+    device, dtype = solve_space(patient, settings)
+    widths = {layer: weight_shape(patient.module("mlp_down", layer))[1] for layer in layers}
+    devices = gram_devices(widths, dtype, device, settings.gram_budget_gb)
 
     def build():
         r_acts = x_acts = None
         if retain_buffer:
             with phase("buffer_keys"):
-                r_acts = activations_at(patient, *held_retain(patient, settings, retain_buffer), layers)
+                r_acts = activations_at(patient, *held_retain(patient, settings, retain_buffer), layers,
+                                        dtype=dtype, device=device)
         if from_buffer and n_contrasts:
             with phase("contrast_keys"):
                 x_prompts = contrasts(patient, settings, retain_buffer, refs)
-                x_acts = activations_at(patient, *x_prompts, layers) if x_prompts else None
-        c_acts = generic_keys(patient, layers, refs, cache, phase) if lam > 0 else None
+                x_acts = activations_at(patient, *x_prompts, layers, dtype=dtype, device=device) if x_prompts else None
+        grams, n_generic = generic_gram(patient, layers, refs, devices, dtype, phase) if lam > 0 else ({}, 0)
         with phase("held_gram"):
-            return gram_per_layer(r_acts, x_acts, c_acts)
-
-    def gram_per_layer(r_acts, x_acts, c_acts):
-        out = {}
-        for layer in layers:
-            parts = ([(r_acts[layer], w_r)] if r_acts else []) + ([(x_acts[layer], w_x)] if x_acts else [])
-            m = weight_shape(patient.module("mlp_down", layer))[1]
-            keys = torch.cat([w ** 0.5 * k for (k, _), w in parts]) if parts else torch.zeros(0, m).double()
-            values = torch.cat([w ** 0.5 * v for (_, v), w in parts]) if parts else torch.zeros(0).double()
-            k_c = c_acts[layer][0] if c_acts else keys[:0]
-            out[layer] = {"gram": held_gram(keys, k_c, 1.0, lam), "keys": keys,
-                          "values_sq": float(values.norm()) ** 2, "generic_keys": int(len(k_c))}
-        return out
+            out = {}
+            for layer in layers:
+                parts = ([(r_acts[layer], w_r)] if r_acts else []) + ([(x_acts[layer], w_x)] if x_acts else [])
+                keys = (torch.cat([w ** 0.5 * k for (k, _), w in parts]) if parts
+                        else torch.zeros(0, widths[layer], dtype=dtype, device=device))
+                values = torch.cat([w ** 0.5 * v for (_, v), w in parts]) if parts else keys[:0]
+                gram = grams.pop(layer, None)  # λ Σ generic kkᵀ + Σ held kkᵀ, in place
+                gram = (gram.mul_(lam) if gram is not None
+                        else torch.zeros(widths[layer], widths[layer], dtype=dtype, device=devices[layer]))
+                gram.addmm_(keys.T.to(gram.device), keys.to(gram.device))
+                out[layer] = {"gram": gram, "keys": keys, "values_sq": float(values.norm()) ** 2,
+                              "generic_keys": n_generic}
+            return out
 
     depends = {"buffer": [dataclasses.astuple(q) for q in retain_buffer], "generic": refs.generic_texts[:16],
-               "settings": [settings.keys, settings.span_tokens, w_r, w_x, lam, n_contrasts if from_buffer else 0]}
+               "settings": [settings.keys, settings.span_tokens, w_r, w_x, lam, n_contrasts if from_buffer else 0],
+               "precision": settings.precision}
     if from_buffer and n_contrasts:  # the buffer's contrasts are part of it
         depends |= {"refs": dataclasses.asdict(refs), "contrasts": [settings.seed, settings.contrast_neighbours]}
     static = cache.get("held", patient, layers, depends, build, phase=phase)
-    static = {l: {**h, "static": h, "held_entry": digest([layers, depends])} for l, h in static.items()}
+    for layer, h in static.items():  # once per entry: read from the store into host memory, or over the budget
+        h["gram"], h["keys"] = h["gram"].to(devices[layer]), h["keys"].to(device)
+    static = {l: {**h, "gram": HeldGram(h["gram"]), "static": h, "held_entry": digest([layers, depends])}
+              for l, h in static.items()}
     if from_buffer or not n_contrasts:
         return static
     avoid = frozenset(q.subject for q in forget) | {stem(q.question, q.choices) for q in forget}
     with phase("contrast_keys"):
-        x_acts = cache.activations(patient, *contrasts(patient, settings, forget, refs, avoid), layers)
-    with phase("held_gram"):
-        return {layer: add_contrasts(h, *x_acts[layer], w_x) for layer, h in static.items()}
+        x_acts = cache.activations(patient, *contrasts(patient, settings, forget, refs, avoid), layers,
+                                   dtype=dtype, device=device)
+    return {layer: add_contrasts(h, *x_acts[layer], w_x) for layer, h in static.items()}
 
 
 def add_contrasts(h: dict, k_x: torch.Tensor, v_x: torch.Tensor, w_x: float) -> dict:
-    """A layer's held system with one request's contrast keys added (the static part stays as cached)."""
-    return {**h, "gram": h["gram"] + w_x * k_x.T @ k_x, "keys": torch.cat([h["keys"], w_x ** 0.5 * k_x]),
+    """A layer's held system with one request's contrast keys added: G stays the cached static Gram plus these
+    keys, as parts (`HeldGram`)."""
+    k_x = w_x ** 0.5 * k_x
+    return {**h, "gram": HeldGram(h["gram"].static, k_x), "keys": torch.cat([h["keys"], k_x]),
             "values_sq": h["values_sq"] + w_x * float(v_x.norm()) ** 2}
 
 

@@ -19,9 +19,9 @@ from repair.patient import Patient
 from repair.progress import Phases
 from repair.refusal import activations_at
 from repair.stamp.calibrate import LowerLayers, apply_calibrated, last_logits
-from repair.stamp.keys import KeyCache, References, counterfactuals, forget_prompts, held_system
+from repair.stamp.keys import KeyCache, References, counterfactuals, forget_prompts, held_system, solve_space
 from repair.stamp.settings import StampLowRankSettings, StampSettings
-from repair.stamp.solve import full_solve, lowrank_solve, top_directions
+from repair.stamp.solve import HeldGram, full_solve, lowrank_solve, top_directions
 from repair.stamp.targets import LayerChoice, choose_layers, layer_target, readout_directions, refusal_openers
 from repair.tasks import QA, Task
 
@@ -112,27 +112,29 @@ class Stamp(MethodBase):
         s = self.settings
         layers = choice.layers
         rank = self.settings.rank if self.lowrank else 0
-        width = min(held[layer]["gram"].shape[0] for layer in layers)
+        width = min(held[layer]["gram"].width for layer in layers)
         if self.lowrank and rank > width:  # the key space has only `width` dimensions: that is the rank solved at
             log.warning("method.rank=%d is above the MLP width %d of the edited layers: solving at rank %d (the full "
                         "edit, as STAMP)", rank, width, width)
+        device, dtype = solve_space(patient, s)
         deltas, per_layer = [], {}
         for layer in layers:
             k_f, v_f = choice.forget_acts[layer]
             t = layer_target(s, layer, v_f, len(layers), readout, u_acts, choice.subspace)
             if s.target == "refusal_readout":  # a residual-stream push: through a norm after the MLP, if any
                 t = through_output_norm(patient, layer, v_f, t)
+            k_f, t = k_f.to(device=device, dtype=dtype), t.to(device=device, dtype=dtype)
             h = held[layer]
+            gram = HeldGram(h["gram"].static.to(device), h["gram"].extra)  # one copy where it is kept in host memory
             if self.lowrank:
                 def directions(h=h, layer=layer):  # of the request-independent Gram: stored, computed only if needed
                     return self.cache.get("directions", patient, [layer], [h["held_entry"], rank, s.seed],
                                           lambda: top_directions(h["static"]["gram"], rank, s.seed))
-                left, right = lowrank_solve(k_f, t, h["gram"], s.eps, rank, directions,
+                left, right = lowrank_solve(k_f, t, gram, s.eps, rank, directions,
                                             krylov_steps=self.settings.krylov_steps)
             else:
-                left, right = full_solve(k_f, t, h["gram"], s.eps)
-            deltas.append(Delta(f"{patient.path('mlp_down', layer)}.weight", left.float(), right.float(),
-                                transposed=is_transposed(patient.module("mlp_down", layer))))
+                left, right = full_solve(k_f, t, gram, s.eps)
+            del gram
             per_layer[layer] = {
                 "separation": choice.separation.get(layer),
                 "weight_norm": float(patient.module("mlp_down", layer).weight.detach().norm()),
@@ -141,6 +143,8 @@ class Stamp(MethodBase):
                 if len(h["keys"]) else None,
                 "forget_keys": int(len(k_f)), "retain_keys": int(len(h["keys"])), "generic_keys": h["generic_keys"],
             }
+            deltas.append(Delta(f"{patient.path('mlp_down', layer)}.weight", left.float().cpu(), right.float().cpu(),
+                                transposed=is_transposed(patient.module("mlp_down", layer))))
         return deltas, per_layer, rank, width
 
     def apply(self, patient: Patient, edit: Edit, forget: Sequence[QA], retain_buffer: Sequence[QA]

@@ -39,6 +39,8 @@ class StampSettings(MethodSettings):
     num_refusals: int
     max_relative_norm: float | None
     store_keys: bool
+    precision: Literal["float32", "float64"]
+    gram_budget_gb: float | None
     seed: int
 
     def check(self) -> None:
@@ -56,6 +58,8 @@ class StampSettings(MethodSettings):
             require(getattr(self, key) >= 0, f"method.{key}", getattr(self, key), "a number >= 0")
         require(0 <= self.contrast_neighbours <= 1, "method.contrast_neighbours", self.contrast_neighbours,
                 "a share in [0, 1]")
+        require(self.gram_budget_gb is None or self.gram_budget_gb >= 0, "method.gram_budget_gb",
+                self.gram_budget_gb, "null (every held Gram on the patient's device) or a number of GB >= 0")
         require(self.max_relative_norm is None or self.max_relative_norm > 0, "method.max_relative_norm",
                 self.max_relative_norm, "null (no bound) or a number > 0")
 
