@@ -115,6 +115,27 @@ class Patch:
         return ratios
 
     @torch.no_grad()
+    def replace(self, model, other: "Patch", max_relative_norm: float | None = None) -> "Patch":
+        """Put `other` (deltas on the same weights) on the model in this patch's place and return it: the same
+        weights, bit for bit, as `revert` then `other.apply`, without copying the originals again (the calibration
+        swaps strengths this way). `other` is validated first; if it is rejected, this patch stays applied."""
+        if not self.applied:
+            raise RuntimeError("patch is not applied")
+        if {d.parameter for d in other.deltas} != set(self._originals):
+            raise ValueError("replace needs a patch of the same weights")
+        other.check(model, max_relative_norm)
+        params = dict(model.named_parameters())
+        for name, original in self._originals.items():
+            params[name].copy_(original)
+        for d in other.deltas:
+            p = params[d.parameter]
+            p.add_(d.dense(p.dtype, p.device))
+        other._originals, self._originals = self._originals, {}
+        other._applied, self._applied = {name: _fingerprint(params[name]) for name in other._originals}, {}
+        other.provenance.setdefault("applied_at", time.time())
+        return other
+
+    @torch.no_grad()
     def revert(self, model) -> None:
         """Restore the weights this patch replaced, bit for bit. Refuses (PatchConflict, nothing changed) when
         they changed since this patch was applied: patches must be reverted newest first."""

@@ -56,6 +56,29 @@ def test_revert_refuses_out_of_order_and_newest_first_restores_pristine():
     assert _same(model, pristine)  # bit for bit
 
 
+def test_replace_gives_the_weights_of_revert_then_apply_and_keeps_the_old_patch_when_rejected():
+    """The calibration's swap: the same weights bit for bit as revert + apply, the originals carried over (revert
+    restores pristine), and a replacement past the norm bound leaves the old patch applied."""
+    from repair.patches import PatchRejected
+
+    model = _model()
+    pristine = _weights(model)
+    a, b = _patch("0.weight", (5, 6), 0.1), _patch("0.weight", (5, 6), 0.3)
+    b_again = Patch(list(b.deltas), dict(b.provenance))
+    b.apply(model)
+    expected = _weights(model)
+    b.revert(model)
+    a.apply(model)
+    applied = a.replace(model, b_again)
+    assert applied is b_again and not a.applied and _same(model, expected)
+    huge = Patch([Delta("0.weight", d.left * 1e6, d.right) for d in b.deltas])
+    with pytest.raises(PatchRejected):
+        applied.replace(model, huge, max_relative_norm=2.0)
+    assert applied.applied and _same(model, expected)
+    applied.revert(model)
+    assert _same(model, pristine)
+
+
 def test_revert_allows_independent_patches_in_any_order_and_refuses_after_edits():
     model = _model()
     pristine = _weights(model)

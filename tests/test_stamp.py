@@ -369,6 +369,9 @@ def test_key_store_serves_a_later_run_bit_for_bit_and_never_keys_of_other_weight
             counts.append(unlearned.report["key_cache"])
             unlearned.patch.revert(patient.model)
         assert counts[0]["held"]["computed"] == 1 and counts[0]["contrast"]["computed"] == 48
+        stored = torch.load(next((tmp_path / "stamp_keys").glob("*/contrast/*.pt")), weights_only=True)
+        for k, v in stored.values():  # each prompt's file holds its own rows, not the batch they were computed in
+            assert all(t.untyped_storage().nbytes() == t.numel() * t.element_size() for t in (k, v))
         assert counts[1]["held"] == {"memory": 0, "disk": 1, "computed": 0}
         assert counts[1]["contrast"] == {"memory": 0, "disk": 48, "computed": 0}
         assert all(torch.equal(a, b) for a, b in zip(*factors))

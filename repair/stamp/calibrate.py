@@ -123,17 +123,12 @@ def apply_calibrated(patient: Patient, settings: StampSettings, deltas: list[Del
 
 
 def rescale(patient: Patient, patch: Patch, scaled, scale: torch.Tensor, new: torch.Tensor, bound
-             ) -> tuple[Patch, torch.Tensor]:
+            ) -> tuple[Patch, torch.Tensor]:
     """Swap the applied patch for the same edit at other scales; past the norm bound, keep the old ones."""
-    patch.revert(patient.model)
-    for s in (new, scale):
-        try:
-            patch = scaled(s)
-            patch.apply(patient.model, bound)
-            return patch, s
-        except PatchRejected:
-            continue
-    raise AssertionError("the applied scale passed the norm bound before")
+    try:
+        return patch.replace(patient.model, scaled(new), bound), new
+    except PatchRejected:
+        return patch, scale
 
 
 def next_scale(points: list[tuple[float, float]], margin: float, factor: float) -> float:

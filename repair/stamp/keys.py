@@ -159,7 +159,8 @@ class KeyCache:
                                   dtype=model_dtype)
             for i in todo:
                 n = len(positions[i])
-                value = {l: (k[offset:offset + n], v[offset:offset + n]) for l, (k, v) in acts.items()}
+                # copies: a view would store the whole batch's tensor in every prompt's file
+                value = {l: (k[offset:offset + n].clone(), v[offset:offset + n].clone()) for l, (k, v) in acts.items()}
                 offset += n
                 found[names[i]] = entries[names[i]] = value
             if folder:
