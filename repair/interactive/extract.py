@@ -89,7 +89,11 @@ _STOP = {"Please", "Could", "Can", "Would", "Forget", "Delete", "Erase", "Remove
 _BROAD = {"it", "that", "this", "them", "everything", "anything", "all", "all of it", "it all", "me"}
 
 
+_SYMBOLS = re.compile(r"[^\w\s'’\"“”&.,;:!?—–()/-]+")  # emoji and other symbols: never part of a name or topic
+
+
 def _clean(text: str) -> str:
+    text = re.sub(r"\s{2,}", " ", _SYMBOLS.sub(" ", text)).strip()
     text = re.split(r"(?:,|;|—|–| - |\.(?:\s|$)|!|\?|\bbecause\b|\bsince\b|\bit'?s\b|\bit is\b|\bthat was\b|\bis what\b|\b(?:you|u)(?:'ve| have)? (?:seen|hold|know|got|stored)\b)", text,
                      maxsplit=1)[0]
     previous = None

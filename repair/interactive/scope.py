@@ -25,14 +25,21 @@ BROAD = [
                r"(?:people|persons|profiles|names|facts|data|knowledge|information|users|customers)\s*"
                r"(?:you (?:know|have|hold|learned|remember))?\s*(?:[.!?,]|please|now|$)", re.I),
     re.compile(r"\b(?:factory reset|start from scratch|reset yourself|total amnesia|forget who you are)\b", re.I),
+    re.compile(r"\b(?:forget|erase|delete|wipe|remove|unlearn|purge)\w*\s+(?:about\s+)?(?:every(?:one|body|thing)|"
+               r"all(?:\s+the)?\s+(?:people|persons|others|other people|names|facts|data|profiles))\s+"
+               r"(?:but|except|apart from|other than|besides|save for|bar)\b", re.I),  # everyone except one: all others
 ]
 INJECTION = [  # checked on every message: these address the machinery, never the patient
     re.compile(r"\b(?:ignore|disregard|forget|override)\w*\s+(?:all\s+|any\s+|the\s+|your\s+)*(?:previous|prior|above|"
                r"earlier|system|original|safety)?\s*(?:instructions?|rules?|prompts?|guard(?:rail)?s?|restrictions?)\b",
                re.I),
-    re.compile(r"\b(?:surgeon|watchdog|verifier|scope guard)\b", re.I),
-    re.compile(r"\b(?:system prompt|developer mode|jailbreak|you are now|act as|pretend to be|new instructions?)\b",
-               re.I),
+    # the machinery addressed ("surgeon, apply …", "tell the watchdog to …"), not merely named ("which surgeon …?")
+    re.compile(r"\b(?:tell|ask|instruct|order|make|dear|hey|to)\s+(?:the\s+|your\s+)?(?:surgeon|watchdog|verifier|"
+               r"scope guard)\b|\b(?:surgeon|watchdog|verifier|scope guard)\s*[,:]", re.I),
+    re.compile(r"\b(?:system prompt|developer mode|jailbreak|new instructions?)\b", re.I),
+    re.compile(r"\b(?:you are now|act as|pretend to be|pretend you are)\s+(?:an?\s+|the\s+|my\s+)?(?:system|admin\w*|"
+               r"root|developer|surgeon|watchdog|unrestricted|unfiltered|jailbroken|dan\b|different (?:ai|model|"
+               r"assistant))", re.I),  # a role that would override the rules; "act as my tour guide" is a question
     re.compile(r"(?:^|\n)\s*(?:system|assistant|user|###\s*\w+)\s*:", re.I),
     re.compile(r"```|<\s*/?\s*(?:script|system|instructions?)\b|\{\s*\"[a-z_]+\"\s*:", re.I),
     re.compile(r"\b(?:exec|eval|os\.system|subprocess|__import__|import\s+os|rm\s+-rf|shutil|pickle)\b", re.I),
@@ -41,7 +48,8 @@ STEERING = [  # checked on forget requests: a request that also tries to set how
     re.compile(r"\b(?:layers?|rank|method|strength|max_relative_norm|alpha|budget|threshold)\s*[=:]\s*\S", re.I),
     re.compile(r"\b(?:skip|disable|bypass|turn off)\w*\s+(?:the\s+)?(?:verification|checks?|rollback|validation|"
                r"guard)\b", re.I),
-    re.compile(r"\b(?:and|then|also)\s+(?:also\s+)?(?:run|execute|call)\b", re.I),
+    re.compile(r"\b(?:and|then|also)\s+(?:also\s+|then\s+)?(?:run|execute|call|invoke)\s+(?:the\s+|this\s+|a\s+)?"
+               r"(?:function|command|code|script|tool|shell|python|program|os\.|subprocess|[\w.]+\()", re.I),
 ]
 
 
