@@ -78,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     out = sys.stdout
     out.write(f"RePAIR chat with {session.patient.name} (task {session.task.name}); /help lists the commands. "
               f"Transcript: {session.transcript.folder}\n")
+    notice = session.startup_notice()
+    if notice:
+        out.write(f"repair> {notice}\n")
     converse(session, messages if messages is not None else _interactive(sys.stdin), out, echo=messages is not None)
     out.write(f"Transcript written to {session.transcript.markdown_path}\n")
     return 0

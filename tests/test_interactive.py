@@ -364,6 +364,8 @@ def test_revert_restores_the_original_answer_and_edits_persist_in_the_ledger(ses
     reply = session.handle(f"Please forget everything you know about {SUBJECT}.")
     assert reply.kind == "applied", reply.text
     entry_id = reply.data["ledger_id"]
+    (on_disk,) = json.loads(session.ledger.index.read_text())["entries"]  # the file, not the session's memory
+    assert on_disk["latency_s"]["total"] == reply.latency_s["total"]  # complete after the write, not a later one
     edited = weights(session.patient)
     assert not same_weights(session.patient, pristine)
     assert session.answer(QUESTION) != original  # the edit changed the answer (whether or not it refuses yet)
@@ -378,6 +380,8 @@ def test_revert_restores_the_original_answer_and_edits_persist_in_the_ledger(ses
     session.patient.restore(pristine)
     again = session_for(*TINY_EDIT, *LOOSE, ledger=ledger)
     assert same_weights(again.patient, edited)
+    notice = again.startup_notice()  # shown on screen at start-up, not only in the transcript
+    assert f"{entry_id} {SUBJECT}" in notice and "/revert" in notice
     reverted = again.handle(f"/revert {entry_id}")
     assert reverted.kind == "command" and original in reverted.text, reverted.text
     assert same_weights(again.patient, pristine)  # bit for bit

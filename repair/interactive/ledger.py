@@ -72,6 +72,11 @@ class Ledger:
         self._save()
         return entry_id
 
+    def update(self, entry_id: str, **fields: Any) -> None:
+        """Set fields of an entry, written at once (an index read after any write is complete)."""
+        self.get(entry_id).update(fields)
+        self._save()
+
     def set_status(self, entry_id: str, status: str, **extra: Any) -> None:
         if status not in STATUSES:
             raise ValueError(f"unknown ledger status {status!r}; valid choices: {', '.join(STATUSES)}")

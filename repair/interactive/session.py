@@ -70,6 +70,7 @@ class RepairSession:
         self.chat_cfg = cfg.chat
         self.history: list[Turn] = []
         self.active: list[tuple[str, Patch]] = []  # applied edits, in the order they were applied
+        self.restored: list[str] = []  # ledger ids re-applied when the session started
         self.method_state: dict = {}  # what methods keep across this session's requests (Method.prepare)
 
     def method_settings(self, name: str) -> dict:
@@ -90,7 +91,16 @@ class RepairSession:
             restored.append(entry["id"])
         if restored:
             log.info("re-applied %d active edit(s) from the ledger: %s", len(restored), ", ".join(restored))
+        self.restored = restored
         return restored
+
+    def startup_notice(self) -> str | None:
+        """What the user must see first when edits from earlier sessions are on: who is already forgotten."""
+        if not self.restored:
+            return None
+        edits = "; ".join(f"{i} {self.ledger.get(i)['target']}" for i in self.restored)
+        return (f"Already forgotten (edits of earlier sessions, re-applied from the ledger): {edits}. /ledger lists "
+                f"them, /revert ID undoes one.")
 
     def handle(self, message: str) -> Reply:
         """One user message → one reply (also written to the transcript)."""
@@ -206,7 +216,7 @@ class RepairSession:
         self.active.append((entry_id, patch))
         latency["ledger"] = time.perf_counter() - t0
         latency["total"] = time.perf_counter() - started
-        self.ledger.get(entry_id)["latency_s"] = latency
+        self.ledger.update(entry_id, latency_s=latency)
         example = f" Asked {plan.probes[0]!r}, it now says {after.probes[0]!r}." if plan.probes else ""
         return Reply("repair", f"Forgotten: {plan.target} ({len(plan.probes)} probes; {check.summary()}).{example} "
                      f"Undo with /revert {entry_id}.", "applied", latency,
