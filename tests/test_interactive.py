@@ -3,6 +3,7 @@ watchdog's held-out precision/recall, extraction rules, plan validation, the sco
 from __future__ import annotations
 
 import json
+import tarfile
 import logging
 
 import pytest
@@ -15,6 +16,7 @@ from repair.interactive import intents
 from repair.interactive.classifier import precision_recall, train_default
 from repair.interactive.extract import Turn, extract
 from repair.interactive.plan import PlanRejected, RepairPlan, check_limits
+from repair.interactive.ledger import Ledger
 from repair.interactive.scope import check_message, check_plan
 from repair.interactive.session import open_session
 from repair.interactive.surgeon import build_surgeon
@@ -372,9 +374,11 @@ def test_revert_restores_the_original_answer_and_edits_persist_in_the_ledger(ses
     assert entry_id in session.handle("/ledger").text
     shown = session.handle(f"/show {entry_id}").text
     assert "probe" in shown and "canary" in shown and "latency" in shown
-    exported = session.handle(f"/export {tmp_path / 'audit'}")
-    assert json.loads((tmp_path / "audit" / "index.json").read_text())["entries"][0]["id"] == entry_id
-    assert (tmp_path / "audit" / f"{entry_id}.safetensors").exists(), exported.text
+    exported = session.handle(f"/export {tmp_path / 'audit.tar'}")  # one file: the index and the patches
+    with tarfile.open(tmp_path / "audit.tar") as bundle:
+        assert sorted(bundle.getnames()) == sorted(["index.json", f"{entry_id}.safetensors"]), exported.text
+        assert json.loads(bundle.extractfile("index.json").read())["entries"][0]["id"] == entry_id
+    assert session.handle(f"/export {tmp_path}").kind == "error"  # a folder: the error says to name a file
 
     # a new session on the same base model re-applies the active edit from the ledger
     session.patient.restore(pristine)
@@ -382,6 +386,7 @@ def test_revert_restores_the_original_answer_and_edits_persist_in_the_ledger(ses
     assert same_weights(again.patient, edited)
     notice = again.startup_notice()  # shown on screen at start-up, not only in the transcript
     assert f"{entry_id} {SUBJECT}" in notice and "/revert" in notice
+
     reverted = again.handle(f"/revert {entry_id}")
     assert reverted.kind == "command" and original in reverted.text, reverted.text
     assert same_weights(again.patient, pristine)  # bit for bit
@@ -389,6 +394,17 @@ def test_revert_restores_the_original_answer_and_edits_persist_in_the_ledger(ses
     assert again.ledger.get(entry_id)["status"] == "reverted"
     assert "not active" in again.handle(f"/revert {entry_id}").text
     assert "no ledger entry 'f999'" in again.handle("/revert f999").text
+
+    # /import into a fresh ledger of the same base model applies the bundle's active edit
+    other = session_for(*TINY_EDIT, *LOOSE, ledger=tmp_path / "elsewhere")
+    imported = other.handle(f"/import {tmp_path / 'audit.tar'}")
+    assert imported.kind == "command" and SUBJECT in imported.text, imported.text
+    assert same_weights(other.patient, edited)
+    (entry,) = other.ledger.entries("active")
+    assert entry["imported_from"] == f"audit.tar:{entry_id}" and other.ledger.patch_path(entry["id"]).exists()
+    assert "no bundle" in other.handle(f"/import {tmp_path / 'nope.tar'}").text
+    with pytest.raises(ValueError, match="holds edits of base model .* not this session's 'another-base'"):
+        Ledger(tmp_path / "third", "another-base").import_bundle(tmp_path / "audit.tar")
 
 
 def test_stacked_edits_revert_in_any_order(session_for):

@@ -7,14 +7,16 @@ kept for the audit, never applied).
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
-import shutil
+import tarfile
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from repair.io import write_json
+from repair.io import atomic_path, write_json
 from repair.patches import Patch
 
 log = logging.getLogger(__name__)
@@ -87,12 +89,43 @@ class Ledger:
         self._save()
 
     def export(self, target: str | Path, ids: list[str] | None = None) -> Path:
-        """Copy entries (all by default) and their patches to a folder for audit or transfer."""
+        """One file (a tar bundle: `index.json` and the entries' patches) with every entry, or those of `ids`, for
+        audit or transfer; written atomically. `import_bundle` reads it back."""
         chosen = [self.get(i) for i in ids] if ids else list(self._entries)
         target = Path(target).expanduser()
-        target.mkdir(parents=True, exist_ok=True)
-        for entry in chosen:
-            if entry.get("patch"):
-                shutil.copy2(self.patch_path(entry["id"]), target / entry["patch"])
-        write_json(target / "index.json", {"base": self.base, "entries": chosen})
+        if target.is_dir():
+            raise ValueError(f"/export writes one file, and {target} is a folder; give a file name such as "
+                             f"{target / 'edits.tar'}")
+        index = json.dumps({"base": self.base, "entries": chosen}, indent=2, default=str).encode()
+        with atomic_path(target) as tmp, tarfile.open(tmp, "w") as bundle:
+            info = tarfile.TarInfo("index.json")
+            info.size, info.mtime = len(index), int(time.time())
+            bundle.addfile(info, io.BytesIO(index))
+            for entry in chosen:
+                if entry.get("patch"):
+                    bundle.add(self.patch_path(entry["id"]), arcname=entry["patch"])
         return target
+
+    def import_bundle(self, source: str | Path) -> list[tuple[str, dict[str, Any], Patch | None]]:
+        """Add the entries of an `export` bundle made on the same base model, with new ids (the bundle's id and file
+        kept as `imported_from`); returns (new id, entry, patch) per entry, patch None where it has none. A bundle of
+        another base model is refused: its edits were made on other weights."""
+        source = Path(source).expanduser()
+        if not source.is_file():
+            raise FileNotFoundError(f"no bundle {source} (make one with /export FILE)")
+        with tarfile.open(source) as bundle, tempfile.TemporaryDirectory() as folder:
+            data = json.loads(bundle.extractfile("index.json").read())
+            if data.get("base") != self.base:
+                raise ValueError(f"bundle {source} holds edits of base model {data.get('base')!r}, not this "
+                                 f"session's {self.base!r}; nothing was imported")
+            added = []
+            for entry in data["entries"]:
+                patch = None
+                if entry.get("patch"):
+                    bundle.extract(entry["patch"], folder, filter="data")
+                    patch = Patch.load(Path(folder) / entry["patch"])
+                fields = {k: v for k, v in entry.items() if k not in ("id", "status", "created", "patch")}
+                new_id = self.add(fields | {"imported_from": f"{source.name}:{entry['id']}"}, patch,
+                                  entry["status"])
+                added.append((new_id, self.get(new_id), patch))
+        return added

@@ -43,7 +43,8 @@ HELP = """Commands:
   /show ID                one edit in full: request, plan, verification, latency
   /revert ID              undo an edit (the model answers as before)
   /undo                   undo the latest active edit
-  /export PATH [ID ...]   copy the ledger (or some entries) with their patches to a folder
+  /export FILE [ID ...]   write the ledger (or some entries) with their patches to one file (a tar bundle)
+  /import FILE            add a bundle's entries to this ledger and apply its active edits (same base model only)
   /help                   this text
   /quit                   end the session
 Anything else is a message to the patient; a request to forget something is detected and handled."""
@@ -248,6 +249,18 @@ class RepairSession:
                      f"says {now!r}.", "command", latency, {"ledger_id": entry_id})
 
     # --------------------------------------------------------------------------------------------- commands
+    def import_bundle(self, path: str) -> Reply:
+        """`/import`: a bundle's entries join the ledger; its active edits are applied, newest last."""
+        added = self.ledger.import_bundle(path)
+        applied = []
+        for entry_id, entry, patch in added:
+            if entry["status"] == "active" and patch is not None:
+                patch.apply(self.patient.model)
+                self.active.append((entry_id, patch))
+                applied.append(f"{entry_id} {entry['target']}")
+        return Reply("repair", f"Imported {len(added)} ledger entries from {path}; applied: "
+                     f"{'; '.join(applied) or 'none (no active edit in the bundle)'}.", "command")
+
     def _command(self, line: str) -> Reply:
         try:
             name, *args = shlex.split(line)
@@ -272,11 +285,15 @@ class RepairSession:
                     return Reply("repair", "No active edit to undo.", "command")
                 return self.revert(self.active[-1][0])
             if name == "/export" and args:
-                folder = self.ledger.export(args[0], args[1:] or None)
+                bundle = self.ledger.export(args[0], args[1:] or None)
                 return Reply("repair", f"Exported {len(args[1:]) or len(self.ledger.entries())} ledger entries to "
-                             f"{folder}.", "command")
+                             f"{bundle}.", "command")
+            if name == "/import" and len(args) == 1:
+                return self.import_bundle(args[0])
         except KeyError as err:
             return Reply("repair", str(err.args[0]), "error")
+        except (ValueError, FileNotFoundError) as err:
+            return Reply("repair", str(err), "error")
         return Reply("repair", f"Unknown command or wrong arguments: {line!r}.\n{HELP}", "error")
 
 
