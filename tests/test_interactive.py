@@ -403,6 +403,11 @@ def test_revert_restores_the_original_answer_and_edits_persist_in_the_ledger(ses
     (entry,) = other.ledger.entries("active")
     assert entry["imported_from"] == f"audit.tar:{entry_id}" and other.ledger.patch_path(entry["id"]).exists()
     assert "no bundle" in other.handle(f"/import {tmp_path / 'nope.tar'}").text
+    who = other.handle("/who").text
+    kept = other.task.retain[0].subject
+    assert f"{SUBJECT} (forgotten)" in who and kept in who and f"{kept} (forgotten)" not in who, who
+    knows = other.handle(f"/knows {SUBJECT}").text
+    assert knows.count("→") >= 1 and SUBJECT in knows and same_weights(other.patient, edited)
     with pytest.raises(ValueError, match="holds edits of base model .* not this session's 'another-base'"):
         Ledger(tmp_path / "third", "another-base").import_bundle(tmp_path / "audit.tar")
 

@@ -45,6 +45,8 @@ HELP = """Commands:
   /undo                   undo the latest active edit
   /export FILE [ID ...]   write the ledger (or some entries) with their patches to one file (a tar bundle)
   /import FILE            add a bundle's entries to this ledger and apply its active edits (same base model only)
+  /who                    the subjects of the task the patient was taught (and which are forgotten)
+  /knows NAME             ask the patient the probe questions about NAME and show its answers (nothing changes)
   /help                   this text
   /quit                   end the session
 Anything else is a message to the patient; a request to forget something is detected and handled."""
@@ -249,6 +251,24 @@ class RepairSession:
                      f"says {now!r}.", "command", latency, {"ledger_id": entry_id})
 
     # --------------------------------------------------------------------------------------------- commands
+    def who(self, limit: int = 40) -> str:
+        """The task's subjects (forget and retain splits: what the implant taught), marking those an active edit
+        forgot."""
+        subjects = list(dict.fromkeys(q.subject for q in [*self.task.forget, *self.task.retain] if q.subject))
+        forgotten = {self.ledger.get(i)["target"] for i, _ in self.active}
+        shown = [f"{s} (forgotten)" if s in forgotten else s for s in subjects[:limit]]
+        more = f" … and {len(subjects) - limit} more" if len(subjects) > limit else ""
+        return (f"The patient was taught about {len(subjects)} subjects of task {self.task.name}: "
+                f"{', '.join(shown)}{more}." if subjects else f"Task {self.task.name} names no subjects.")
+
+    def knows(self, name: str) -> str:
+        """The surgeon's probe questions about `name`, answered by the patient as it is now."""
+        name = name.strip(" ?!.\"'")
+        plan = self.surgeon.plan(ForgetRequest(f"/knows {name}", "person", name, subject=name))
+        answers = generate(self.patient, plan.probes, max_new_tokens=int(self.chat_cfg.max_new_tokens), desc="knows")
+        return f"What the patient answers about {name} now:\n" + "\n".join(
+            f"  {q} → {a}" for q, a in zip(plan.probes, answers))
+
     def import_bundle(self, path: str) -> Reply:
         """`/import`: a bundle's entries join the ledger; its active edits are applied, newest last."""
         added = self.ledger.import_bundle(path)
@@ -290,6 +310,10 @@ class RepairSession:
                              f"{bundle}.", "command")
             if name == "/import" and len(args) == 1:
                 return self.import_bundle(args[0])
+            if name == "/who" and not args:
+                return Reply("repair", self.who(), "command")
+            if name == "/knows" and args:
+                return Reply("repair", self.knows(" ".join(args)), "command")
         except KeyError as err:
             return Reply("repair", str(err.args[0]), "error")
         except (ValueError, FileNotFoundError) as err:
