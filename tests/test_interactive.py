@@ -363,8 +363,11 @@ def test_revert_restores_the_original_answer_and_edits_persist_in_the_ledger(ses
     session = session_for(*TINY_EDIT, *LOOSE, ledger=ledger)
     pristine = weights(session.patient)
     original = session.handle(QUESTION).text
+    lines = []
+    session.progress = lines.append  # the chat writes these while the request runs
     reply = session.handle(f"Please forget everything you know about {SUBJECT}.")
     assert reply.kind == "applied", reply.text
+    assert [line.split(" ")[0] for line in lines] == ["Forgetting", "Editing", "Edited"], lines
     entry_id = reply.data["ledger_id"]
     (on_disk,) = json.loads(session.ledger.index.read_text())["entries"]  # the file, not the session's memory
     assert on_disk["latency_s"]["total"] == reply.latency_s["total"]  # complete after the write, not a later one

@@ -13,7 +13,7 @@ import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -74,6 +74,7 @@ class RepairSession:
         self.history: list[Turn] = []
         self.active: list[tuple[str, Patch]] = []  # applied edits, in the order they were applied
         self.restored: list[str] = []  # ledger ids re-applied when the session started
+        self.progress: Callable[[str], None] = lambda line: None  # where a long step says what it is doing
         self.method_state: dict = {}  # what methods keep across this session's requests (Method.prepare)
 
     def method_settings(self, name: str) -> dict:
@@ -165,6 +166,8 @@ class RepairSession:
         latency = dict(latency or {})
         started = time.perf_counter()
         canaries = pick_canaries(self.task.retain, plan.subject, self.budget.num_canaries, int(self.cfg.seed))
+        self.progress(f"Forgetting {plan.target}: asking {len(plan.probes)} probes, {len(plan.paraphrases)} "
+                      f"paraphrases and {len(canaries)} canary questions first …")
         t0 = time.perf_counter()
         before = answer_all(self.patient, plan.probes, plan.paraphrases, canaries, self.budget.max_new_tokens)
         latency["answers_before"] = time.perf_counter() - t0
@@ -175,6 +178,7 @@ class RepairSession:
                          "to forget, so nothing was changed.", "already_refuses", latency,
                          {"probes": dict(zip(plan.probes, before.probes))})
 
+        self.progress(f"Editing the model ({plan.method}) …")
         t0 = time.perf_counter()
         method_cfg = {**self.method_settings(plan.method), "layers": plan.layers}
         if plan.rank is not None and "rank" in method_cfg:  # a full-rank method has no rank to set
@@ -197,6 +201,7 @@ class RepairSession:
             raise ValueError(f"method {plan.method!r} keeps no reversible patch; the chat needs one to roll back")
         latency["edit"] = time.perf_counter() - t0
 
+        self.progress(f"Edited in {latency['edit']:.1f} s; verifying (the same questions again) …")
         t0 = time.perf_counter()
         try:
             after = answer_all(self.patient, plan.probes, plan.paraphrases, canaries, self.budget.max_new_tokens)
