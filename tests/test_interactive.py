@@ -345,6 +345,24 @@ def test_an_injection_or_a_forget_everything_request_is_refused_and_nothing_is_p
     assert same_weights(session.patient, before) and session.ledger.entries() == []
 
 
+def test_verification_says_plainly_what_a_kept_edit_did_not_achieve():
+    """A paraphrase that still gets its answer is within a budget of 0% paraphrases, yet short of the bar the probes
+    are held to: the verification names it (#20: 'paraphrases refused 0%' was reported as a plain success)."""
+    from repair.interactive.verify import Budget, Snapshot, verify
+
+    probes, paraphrases = ["Where does Ann Lee live?"], ["What is Ann Lee's home address?", "Ann Lee lives where?"]
+    before = Snapshot(["12 Mill Lane."], ["12 Mill Lane.", "12 Mill Lane."], [])
+    after = Snapshot(["Sorry, I don't know who that is."], ["12 Mill Lane.", "Sorry, I don't know who that is."], [])
+    check = verify(before, after, probes, paraphrases, [], Budget())
+    assert check.passed and check.paraphrases_refused == 0.5
+    assert check.shortfalls == ["1 of 2 paraphrases still get an answer (e.g. \"What is Ann Lee's home address?\"), "
+                                "so asked differently the model may still tell it"]
+    strict = verify(before, after, probes, paraphrases, [], Budget(min_paraphrases_refused=1.0))
+    assert not strict.passed and strict.shortfalls == []  # a failed check says so in its reasons instead
+    all_refused = Snapshot(after.probes, [after.probes[0]] * 2, [])
+    assert verify(before, all_refused, probes, paraphrases, [], Budget()).shortfalls == []
+
+
 def test_failed_verification_rolls_back_and_tells_the_user(session_for):
     """A budget no edit can meet (every canary counts as changed, none may change) forces the rollback path."""
     session = session_for(*TINY_EDIT, "verify.canary_min_similarity=1.01", "verify.max_canaries_changed=0")

@@ -226,8 +226,11 @@ class RepairSession:
         latency["total"] = time.perf_counter() - started
         self.ledger.update(entry_id, latency_s=latency)
         example = f" Asked {plan.probes[0]!r}, it now says {after.probes[0]!r}." if plan.probes else ""
-        return Reply("repair", f"Forgotten: {plan.target} ({len(plan.probes)} probes; {check.summary()}).{example} "
-                     f"Undo with /revert {entry_id}.", "applied", latency,
+        short = (f" Not achieved: {'; '.join(check.shortfalls)}. The edit is kept because it is within the "
+                 f"verification budget (verify.min_paraphrases_refused); ask again to forget it with other words, or "
+                 f"undo it." if check.shortfalls else "")
+        return Reply("repair", f"Forgotten: {plan.target} ({len(plan.probes)} probes; {check.summary()}).{example}"
+                     f"{short} Undo with /revert {entry_id}.", "applied", latency,
                      {"ledger_id": entry_id, "verification": check.summary(), "plan": plan.model_dump()})
 
     def revert(self, entry_id: str) -> Reply:

@@ -58,6 +58,7 @@ class Verification:
     paraphrases_refused: float | None
     canaries_changed: float | None
     rows: list[dict] = field(default_factory=list)
+    shortfalls: list[str] = field(default_factory=list)  # within the budget, yet short of a full forget: told plainly
 
     def summary(self) -> str:
         parts = [f"probes refused {self.probes_refused:.0%}"]
@@ -110,4 +111,9 @@ def verify(before: Snapshot, after: Snapshot, probes: Sequence[str], paraphrases
     if c_changed is not None and c_changed > budget.max_canaries_changed:
         reasons.append(f"{c_changed:.0%} of the canary questions are answered differently "
                        f"(budget {budget.max_canaries_changed:.0%})")
-    return Verification(not reasons, reasons, p_ref, para_ref, c_changed, rows)
+    shortfalls = []
+    if para_ref is not None and para_ref < budget.min_probes_refused and not any("paraphrases" in r for r in reasons):
+        missed = [q for q, r in zip(paraphrases, para) if not r]
+        shortfalls.append(f"{len(missed)} of {len(para)} paraphrases still get an answer (e.g. {missed[0]!r}), so "
+                          f"asked differently the model may still tell it")
+    return Verification(not reasons, reasons, p_ref, para_ref, c_changed, rows, shortfalls)
