@@ -85,6 +85,15 @@ def test_watchdog_precision_and_recall_on_the_heldout_split(chat_cfg, cache_dir)
     assert scores["recall"] >= 0.96 and scores["precision"] >= 0.95, scores
 
 
+def test_a_request_naming_several_people_lists_them_all():
+    request = extract("Please forget Saskia Jorgensen, Tamsin Delacroix and Hugo Rasmussen.")
+    assert (request.kind, request.subject, request.others) == ("person", "Saskia Jorgensen",
+                                                               ("Tamsin Delacroix", "Hugo Rasmussen"))
+    assert request.target == "Saskia Jorgensen, Tamsin Delacroix and Hugo Rasmussen"
+    assert extract("forget both Ann Lee & Bob Stone please").others == ("Bob Stone",)
+    assert extract("Forget what Saskia Jorgensen told Tamsin Delacroix").kind == "topic"  # not a list of people
+
+
 @pytest.mark.parametrize("message,kind,subject", [
     ("Please forget everything you know about Amara Castellanos.", "person", "Amara Castellanos"),
     ("Could you delete Ahmed Khan's phone number from your memory?", "person", "Ahmed Khan"),
@@ -431,6 +440,17 @@ def test_revert_restores_the_original_answer_and_edits_persist_in_the_ledger(ses
     assert knows.count("→") >= 1 and SUBJECT in knows and same_weights(other.patient, edited)
     with pytest.raises(ValueError, match="holds edits of base model .* not this session's 'another-base'"):
         Ledger(tmp_path / "third", "another-base").import_bundle(tmp_path / "audit.tar")
+
+
+def test_a_request_naming_two_people_makes_one_edit_each(session_for):
+    """#20: "Forget A and B" was one topic; now each person is planned, edited, verified and recorded on their own."""
+    session = session_for(*TINY_EDIT, *LOOSE)
+    other = "Tamsin Delacroix"
+    reply = session.handle(f"Please forget {SUBJECT} and {other}.")
+    assert reply.kind == "applied", reply.text
+    assert [p["subject"] for p in reply.data["per_subject"]] == [SUBJECT, other]
+    assert f"[{SUBJECT}] Forgotten" in reply.text and f"[{other}] Forgotten" in reply.text
+    assert [(e["target"], e["status"]) for e in session.ledger.entries()] == [(SUBJECT, "active"), (other, "active")]
 
 
 def test_stacked_edits_revert_in_any_order(session_for):

@@ -30,6 +30,7 @@ class ForgetRequest:
     subject: str = ""               # the span probe questions must contain (STAMP keys sit on it); may be ""
     attributes: tuple[str, ...] = ()  # person: the attributes named ("phone", "address"); () = everything
     pair: Turn | None = None        # pair: the exchange from the history
+    others: tuple[str, ...] = ()    # person: more people named in the same request ("forget A and B"), one edit each
     score: float = 1.0              # the watchdog's confidence
     backend: str = "rules"
     notes: list[str] = field(default_factory=list)
@@ -147,6 +148,21 @@ def _object(message: str) -> str:
     return ""
 
 
+def _people(message: str) -> list[str]:
+    """The people of a list object ("A, B and C", "both A & B"): names joined by nothing but connectors."""
+    m = _OBJECT.search(message)
+    if not m:
+        return []
+    raw = re.sub(r"\s{2,}", " ", _SYMBOLS.sub(" ", m.group(1)))
+    previous = None
+    while previous != raw:
+        previous, raw = raw, _TRAILING.sub("", raw).strip()
+    names = names_in(raw)
+    rest = re.sub("|".join(map(re.escape, names)), " ", raw) if names else raw
+    connectors = r"(?:\s|,|&|\band\b|\bas well as\b|\bboth\b|\bor\b)*"
+    return names if len(names) >= 2 and not any(map(_is_org, names)) and re.fullmatch(connectors, rest, re.I) else []
+
+
 def _is_org(name: str) -> bool:
     return any(w.lower() in ORG_WORDS for w in name.split())
 
@@ -165,6 +181,11 @@ def _person_or_topic(message: str, obj: str, history: Sequence[Turn]) -> ForgetR
         if not names:
             return None
     name = names[0]
+    people = _people(message)
+    if len(people) >= 2:
+        return ForgetRequest(message, "person", f"{', '.join(people[:-1])} and {people[-1]}", subject=people[0],
+                             others=tuple(people[1:]),
+                             attributes=attributes_in(message), notes=[f"{len(people)} people named"])
     rest = obj[len(name):].strip() if obj.lower().startswith(name.lower()) else obj
     owned = _POSSESSIVE.match(obj) if obj else None
     if _is_org(name) or (obj and obj.lower() != name.lower() and not (owned and owned.group(1).lower() ==

@@ -8,6 +8,7 @@ later ones off, reverts it, and puts them back (each restore is bit-exact, so th
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shlex
 import time
@@ -145,6 +146,8 @@ class RepairSession:
         if refusal is not None:
             return Reply("repair", f"I won't act on that: {refusal.reason}", "refused", latency,
                          detected | {"rule": refusal.rule})
+        if request.others:  # several people: one edit each, reported per person
+            return self._each_person(message, request, latency)
         t0 = time.perf_counter()
         try:
             plan = self.surgeon.plan(request, self.history)
@@ -158,6 +161,35 @@ class RepairSession:
             return Reply("repair", f"I won't act on that: {refusal.reason}", "refused", latency,
                          detected | {"rule": refusal.rule, "plan": plan.model_dump()})
         return self.apply(plan, request, latency)
+
+    def _each_person(self, message: str, request: ForgetRequest, latency: dict[str, float]) -> Reply:
+        """A request naming several people: planned, guarded, edited and verified one person at a time, so that each
+        edit can be kept, rolled back or reverted on its own."""
+        replies = []
+        for name in (request.subject, *request.others):
+            one = dataclasses.replace(request, target=name, subject=name, others=())
+            try:
+                plan = self.surgeon.plan(one, self.history)
+            except PlanRejected as err:
+                replies.append((name, Reply("repair", f"I can't make a repair plan: {err} Nothing was changed.",
+                                            "rejected")))
+                continue
+            refusal = check_plan(plan, message, self.history)
+            if refusal is not None:
+                replies.append((name, Reply("repair", f"I won't act on that: {refusal.reason}", "refused")))
+                continue
+            replies.append((name, self.apply(plan, one, {})))
+        kinds = {r.kind for _, r in replies}
+        total = dict(latency)
+        for _, r in replies:
+            for key, seconds in r.latency_s.items():
+                total[key] = total.get(key, 0.0) + seconds
+        return Reply("repair", "\n".join(f"[{name}] {r.text}" for name, r in replies),
+                     "applied" if kinds == {"applied"} else "partial" if "applied" in kinds else replies[-1][1].kind,
+                     total, {"request": _request_dict(request),
+                             "per_subject": [{"subject": n, "kind": r.kind, **{k: v for k, v in r.data.items()
+                                                                              if k == "ledger_id"}}
+                                             for n, r in replies]})
 
     # ----------------------------------------------------------------------------------------- edit and verify
     def apply(self, plan: RepairPlan, request: ForgetRequest | None = None,
@@ -330,7 +362,7 @@ class RepairSession:
 
 
 def _request_dict(request: ForgetRequest) -> dict[str, Any]:
-    return {"kind": request.kind, "target": request.target, "subject": request.subject,
+    return {"kind": request.kind, "target": request.target, "subject": request.subject, "others": list(request.others),
             "attributes": list(request.attributes), "score": round(float(request.score), 4),
             "backend": request.backend, "notes": request.notes,
             "pair": [request.pair.user, request.pair.patient] if request.pair else None}
