@@ -78,9 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     out = sys.stdout
     out.write(f"RePAIR chat with {session.patient.name} (task {session.task.name}); /help lists the commands. "
               f"Transcript: {session.transcript.folder}\n")
+
     def progress(line: str) -> None:
         out.write(f"repair> … {line}\n")
         out.flush()
+
     session.progress = progress
     notice = session.startup_notice()
     if notice:

@@ -76,8 +76,10 @@ class Patch:
     def applied(self) -> bool:
         return bool(self._originals)
 
-    def check(self, model, max_relative_norm: float | None = None) -> dict[str, float]:
-        """Validate every delta before touching the model; returns ‖ΔW‖/‖W‖ per parameter."""
+    def check(self, model, max_relative_norm: float | None = None,
+              weights: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+        """Validate every delta before touching the model; returns ‖ΔW‖/‖W‖ per parameter, W the model's weight or,
+        where `weights` has it, that one (the unpatched weight, when a patch replaces another)."""
         params = dict(model.named_parameters())
         ratios = {}
         for d in self.deltas:
@@ -90,7 +92,8 @@ class Patch:
             norm = d.norm()  # from the factors: no dense product needed to check
             if not (torch.isfinite(d.left).all() and torch.isfinite(d.right).all() and math.isfinite(norm)):
                 raise PatchRejected(f"delta for {d.parameter} contains NaN or Inf; nothing was changed")
-            ratio = norm / float(params[d.parameter].detach().float().norm().clamp_min(1e-12))
+            weight = (weights or {}).get(d.parameter, params[d.parameter]).detach()
+            ratio = norm / float(weight.float().norm().clamp_min(1e-12))
             if max_relative_norm is not None and ratio > max_relative_norm:
                 raise PatchRejected(f"delta for {d.parameter} has ‖ΔW‖/‖W‖ = {ratio:.3g} > the bound "
                                     f"{max_relative_norm} (method.max_relative_norm); nothing was changed")
@@ -123,7 +126,7 @@ class Patch:
             raise RuntimeError("patch is not applied")
         if {d.parameter for d in other.deltas} != set(self._originals):
             raise ValueError("replace needs a patch of the same weights")
-        other.check(model, max_relative_norm)
+        other.check(model, max_relative_norm, self._originals)  # against the weights as they were, as apply does
         params = dict(model.named_parameters())
         for name, original in self._originals.items():
             params[name].copy_(original)

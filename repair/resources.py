@@ -149,10 +149,11 @@ def stamp_phase(patient: Patient, dtype: torch.dtype, method: dict, buffer_items
     m = weight_shape(patient.module("mlp_down", 0))[1]
     d = patient.model.config.hidden_size
     tokens = 16 * 128
-    # a forward pass holds about two layers' intermediates at once (measured: 0.19 GB for 16 × 128 tokens on the
-    # default patient, against 0.09 GB for one layer's norms, attention and MLP inputs and outputs)
+    # forward passes hold about two layers' intermediates at once (measured: 0.19 GB for 16 × 128 tokens on the
+    # default patient, against 0.09 GB for one layer's norms, attention and MLP inputs and outputs), and the
+    # allocator keeps about one more across the step's many passes (the step's peak moved by 0.1 GB between sittings)
     phase = Phase(method["name"], device={"weights": n_params(patient.model) * b,
-                                          "forward pass of 16 prompts × 128 tokens": 2 * tokens * (10 * d + 4 * m) * b})
+                                          "forward passes of 16 prompts × 128 tokens": 3 * tokens * (10 * d + 4 * m) * b})
     budget = method.get("gram_budget_gb")
     on_device = edited if budget is None else min(edited, int(budget * 1e9 // (m * m * p)))
     phase.device[f"held Grams ({'float64' if p == 8 else 'float32'}, m × m per edited layer)"] = on_device * m * m * p

@@ -77,6 +77,16 @@ def test_replace_gives_the_weights_of_revert_then_apply_and_keeps_the_old_patch_
     assert applied.applied and _same(model, expected)
     applied.revert(model)
     assert _same(model, pristine)
+    # the norm bound is judged against the weight as it was, not the patched one (as revert + apply judge it)
+    big, bound = _patch("0.weight", (5, 6), 5.0), 1.5
+    weight_norm = float(model[0].weight.norm())
+    assert b.deltas[0].norm() / weight_norm > bound
+    big.apply(model)
+    assert b.deltas[0].norm() / float(model[0].weight.norm()) < bound  # the patched weight would let it through
+    with pytest.raises(PatchRejected):
+        big.replace(model, Patch(list(b.deltas)), max_relative_norm=bound)
+    big.revert(model)
+    assert _same(model, pristine)
 
 
 def test_revert_allows_independent_patches_in_any_order_and_refuses_after_edits():

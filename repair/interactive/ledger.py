@@ -121,9 +121,10 @@ class Ledger:
             added = []
             for entry in data["entries"]:
                 patch = None
-                if entry.get("patch"):
-                    bundle.extract(entry["patch"], folder, filter="data")
-                    patch = Patch.load(Path(folder) / entry["patch"])
+                if entry.get("patch"):  # read as bytes under its bare name: nothing is extracted outside `folder`
+                    local = Path(folder) / Path(entry["patch"]).name
+                    local.write_bytes(bundle.extractfile(entry["patch"]).read())
+                    patch = Patch.load(local)
                 fields = {k: v for k, v in entry.items() if k not in ("id", "status", "created", "patch")}
                 new_id = self.add(fields | {"imported_from": f"{source.name}:{entry['id']}"}, patch,
                                   entry["status"])
