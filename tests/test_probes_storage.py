@@ -79,10 +79,10 @@ def test_replace_gives_the_weights_of_revert_then_apply_and_keeps_the_old_patch_
     assert _same(model, pristine)
     # the norm bound is judged against the weight as it was, not the patched one (as revert + apply judge it)
     big, bound = _patch("0.weight", (5, 6), 5.0), 1.5
-    weight_norm = float(model[0].weight.norm())
+    weight_norm = float(model[0].weight.detach().norm())
     assert b.deltas[0].norm() / weight_norm > bound
     big.apply(model)
-    assert b.deltas[0].norm() / float(model[0].weight.norm()) < bound  # the patched weight would let it through
+    assert b.deltas[0].norm() / float(model[0].weight.detach().norm()) < bound  # the patched weight would let it through
     with pytest.raises(PatchRejected):
         big.replace(model, Patch(list(b.deltas)), max_relative_norm=bound)
     big.revert(model)
