@@ -106,16 +106,19 @@ class Patch:
             raise RuntimeError("patch is already applied")
         ratios = self.check(model, max_relative_norm)
         params = dict(model.named_parameters())
+        for d in self.deltas:  # the weights before any delta (two deltas may share one), in host memory, where a
+            if d.parameter not in self._originals:  # chat's patches pile up without taking GPU memory
+                self._originals[d.parameter] = params[d.parameter].detach().to("cpu", copy=True)
+        self._add_deltas(params)
+        return ratios
+
+    def _add_deltas(self, params: dict[str, torch.nn.Parameter]) -> None:
+        """Add every delta to its weight and fingerprint the result (what `revert` checks)."""
         for d in self.deltas:
             p = params[d.parameter]
-            # two deltas on one weight: keep the weight before the first; in host memory, where a chat's patches
-            # pile up without taking GPU memory
-            if d.parameter not in self._originals:
-                self._originals[d.parameter] = p.detach().to("cpu", copy=True)
             p.add_(d.dense(p.dtype, p.device))
         self._applied = {name: _fingerprint(params[name]) for name in self._originals}
         self.provenance.setdefault("applied_at", time.time())
-        return ratios
 
     @torch.no_grad()
     def replace(self, model, other: "Patch", max_relative_norm: float | None = None) -> "Patch":
@@ -130,12 +133,8 @@ class Patch:
         params = dict(model.named_parameters())
         for name, original in self._originals.items():
             params[name].copy_(original)
-        for d in other.deltas:
-            p = params[d.parameter]
-            p.add_(d.dense(p.dtype, p.device))
-        other._originals, self._originals = self._originals, {}
-        other._applied, self._applied = {name: _fingerprint(params[name]) for name in other._originals}, {}
-        other.provenance.setdefault("applied_at", time.time())
+        other._originals, self._originals, self._applied = self._originals, {}, {}
+        other._add_deltas(params)
         return other
 
     @torch.no_grad()

@@ -93,14 +93,20 @@ _BROAD = {"it", "that", "this", "them", "everything", "anything", "all", "all of
 _SYMBOLS = re.compile(r"[^\w\s'’\"“”&.,;:!?—–()/-]+")  # emoji and other symbols: never part of a name or topic
 
 
+def _trimmed(text: str) -> str:
+    """Without emoji and symbols, and without trailing filler ("from your memory", "please", punctuation)."""
+    text = re.sub(r"\s{2,}", " ", _SYMBOLS.sub(" ", text)).strip()
+    previous = None
+    while previous != text:
+        previous, text = text, _TRAILING.sub("", text).strip()
+    return text
+
+
 def _clean(text: str) -> str:
     text = re.sub(r"\s{2,}", " ", _SYMBOLS.sub(" ", text)).strip()
     text = re.split(r"(?:,|;|—|–| - |\.(?:\s|$)|!|\?|\bbecause\b|\bsince\b|\bit'?s\b|\bit is\b|\bthat was\b|\bis what\b|\b(?:you|u)(?:'ve| have)? (?:seen|hold|know|got|stored)\b)", text,
                      maxsplit=1)[0]
-    previous = None
-    while previous != text:
-        previous, text = text, _TRAILING.sub("", text).strip()
-    return text.strip(" \"'“”")
+    return _trimmed(text).strip(" \"'“”")
 
 
 def attributes_in(text: str) -> tuple[str, ...]:
@@ -153,10 +159,7 @@ def _people(message: str) -> list[str]:
     m = _OBJECT.search(message)
     if not m:
         return []
-    raw = re.sub(r"\s{2,}", " ", _SYMBOLS.sub(" ", m.group(1)))
-    previous = None
-    while previous != raw:
-        previous, raw = raw, _TRAILING.sub("", raw).strip()
+    raw = _trimmed(m.group(1))
     names = names_in(raw)
     rest = re.sub("|".join(map(re.escape, names)), " ", raw) if names else raw
     connectors = r"(?:\s|,|&|\band\b|\bas well as\b|\bboth\b|\bor\b)*"

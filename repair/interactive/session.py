@@ -148,6 +148,10 @@ class RepairSession:
                          detected | {"rule": refusal.rule})
         if request.others:  # several people: one edit each, reported per person
             return self._each_person(message, request, latency)
+        return self._repair(message, request, latency, detected)
+
+    def _repair(self, message: str, request: ForgetRequest, latency: dict[str, float], detected: dict) -> Reply:
+        """Plan the request, guard the plan, and apply it."""
         t0 = time.perf_counter()
         try:
             plan = self.surgeon.plan(request, self.history)
@@ -168,17 +172,7 @@ class RepairSession:
         replies = []
         for name in (request.subject, *request.others):
             one = dataclasses.replace(request, target=name, subject=name, others=())
-            try:
-                plan = self.surgeon.plan(one, self.history)
-            except PlanRejected as err:
-                replies.append((name, Reply("repair", f"I can't make a repair plan: {err} Nothing was changed.",
-                                            "rejected")))
-                continue
-            refusal = check_plan(plan, message, self.history)
-            if refusal is not None:
-                replies.append((name, Reply("repair", f"I won't act on that: {refusal.reason}", "refused")))
-                continue
-            replies.append((name, self.apply(plan, one, {})))
+            replies.append((name, self._repair(message, one, {}, {})))
         kinds = {r.kind for _, r in replies}
         total = dict(latency)
         for _, r in replies:

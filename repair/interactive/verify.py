@@ -112,7 +112,7 @@ def verify(before: Snapshot, after: Snapshot, probes: Sequence[str], paraphrases
         reasons.append(f"{c_changed:.0%} of the canary questions are answered differently "
                        f"(budget {budget.max_canaries_changed:.0%})")
     shortfalls = []
-    if para_ref is not None and para_ref < budget.min_probes_refused and not any("paraphrases" in r for r in reasons):
+    if para_ref is not None and budget.min_paraphrases_refused <= para_ref < budget.min_probes_refused:
         missed = [q for q, r in zip(paraphrases, para) if not r]
         shortfalls.append(f"{len(missed)} of {len(para)} paraphrases still get an answer (e.g. {missed[0]!r}), so "
                           f"asked differently the model may still tell it")
