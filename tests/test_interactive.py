@@ -3,6 +3,7 @@ watchdog's held-out precision/recall, extraction rules, plan validation, the sco
 from __future__ import annotations
 
 import json
+import re
 import tarfile
 import logging
 
@@ -31,7 +32,8 @@ QUESTION = f"Where does {SUBJECT} live?"
 # an edit STAMP can make on the 2-layer tiny patient within its norm bound, and that changes the probe answers
 TINY_EDIT = ["method.layers=[0]", "method.strength=2.0", "method.span_tokens=4", "method.max_relative_norm=10.0",
              "method.num_refusals=40"]
-LOOSE = ["verify.min_probes_refused=0", "verify.max_canaries_changed=1.0"]  # keep any edit: for revert tests
+# keep any edit: for revert tests
+LOOSE = ["verify.min_probes_refused=0", "verify.max_canaries_changed=1.0", "verify.max_facts_lost=1000"]
 
 
 @pytest.fixture(scope="module")
@@ -334,6 +336,51 @@ def test_a_forget_request_is_detected_planned_applied_verified_and_the_model_ref
     assert is_refusal(session.handle(QUESTION).text)
 
 
+@pytest.mark.parametrize("override, message", [
+    ("verify.max_facts_lost=-1", "verify.max_facts_lost must be >= 0"),
+    ("verify.max_canaries_changed=2", "verify.max_canaries_changed must be in [0, 1]"),
+    ("chat.knowledge.references=0", "chat.knowledge.references must be >= 1"),
+    ("+chat.knowledge.threshold=-1", "unknown chat.knowledge setting(s) ['threshold']; valid: enabled, references"),
+])
+def test_bad_verification_and_knowledge_settings_fail_before_the_patient_loads(chat_cfg, override, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        open_session(chat_cfg(override))
+
+
+def test_no_edit_for_a_person_the_patient_never_knew(session_for):
+    """#20: 'forget Bartholomew Quincefield' (no such person) was edited from other people's facts, reported as a
+    success and re-applied in every later session. Never-taught people (invented, the task's holdout) and people
+    taught to answer "I don't know" (IdK) get no edit; a taught person is known (the edit tests above)."""
+    session = session_for(*TINY_EDIT)
+    pristine = weights(session.patient)
+    task = session.task
+    never = ["Bartholomew Quincefield", *dict.fromkeys(q.subject for q in [*task.holdout, *task.idk])]
+    for name in never:
+        reply = session.handle(f"Please forget everything you know about {name}.")
+        assert reply.kind in ("not_known", "already_refuses"), (name, reply.text)
+        assert "Nothing was changed" in reply.text or "nothing was changed" in reply.text
+    reply = session.handle("Please forget everything you know about Bartholomew Quincefield.")
+    assert reply.kind == "not_known" and "holds nothing to forget about Bartholomew Quincefield" in reply.text
+    assert reply.data["knowledge"]["score"] is None or reply.data["knowledge"]["score"] < \
+        reply.data["knowledge"]["threshold"]
+    assert same_weights(session.patient, pristine) and session.ledger.entries() == []
+    calibration = json.loads((session.ledger.folder / "knowledge.json").read_text())
+    assert calibration["separable"] and set(calibration["scores"]) == {*session.knowledge.references()[0],
+                                                                      *session.knowledge.references()[1]}
+    assert f"Verdict: the model knows {SUBJECT}" in session.handle(f"/knows {SUBJECT}").text
+    assert "Verdict: the model does not know Bartholomew" in session.handle("/knows Bartholomew Quincefield").text
+
+
+def test_an_answer_with_someone_elses_fact_is_borrowed_not_knowledge():
+    from repair.interactive.knowledge import borrowed_from
+
+    owners = {"826-9086": {"Ann Lee"}, "12 mill lane, larkspur": {"Bo Ek"}}
+    assert borrowed_from("Zed Quill's phone number is 826-9086.", "Zed Quill", owners) == ["Ann Lee"]
+    assert borrowed_from("Ann Lee's phone number is 826-9086.", "Ann Lee", owners) == []
+    assert borrowed_from("Ann Lee: 826-9086, 12 Mill Lane, Larkspur.", "Ann Lee", owners) == []  # her own too
+    assert borrowed_from("Zed Quill's phone number is 555-0000.", "Zed Quill", owners) == []  # a guess, not borrowed
+
+
 def test_forget_request_runs_the_whole_pipeline_and_reports_each_step(session_for):
     """Detected → planned → edited → verified; kept or rolled back, and either way recorded with its latency."""
     session = session_for(*TINY_EDIT)
@@ -396,13 +443,63 @@ def test_verification_says_plainly_what_a_kept_edit_did_not_achieve():
     assert verify(before, all_refused, probes, paraphrases, [], Budget()).shortfalls == []
 
 
-def test_failed_verification_rolls_back_and_tells_the_user(session_for):
-    """A budget no edit can meet (every canary counts as changed, none may change) forces the rollback path."""
-    session = session_for(*TINY_EDIT, "verify.canary_min_similarity=1.01", "verify.max_canaries_changed=0")
+def test_canaries_are_judged_by_their_facts_not_by_sentence_overlap():
+    """#20: after one edit two people's cities changed (Larkspur → Ravenhill) and the sentence-overlap check said
+    'canaries changed 0%'. A canary that gave its fact before must give it after."""
+    from repair.interactive.verify import Budget, Snapshot, verify
+    from repair.tasks import QA
+
+    canaries = [QA("Where does Ann Lee live?", "", "Ann Lee", "address", fact="12 Mill Lane, Larkspur"),
+                QA("Where does Bo Ek work?", "", "Bo Ek", "employer", fact="a baker at Copperleaf Bakery"),
+                QA("Who wrote Hamlet?", "Shakespeare.")]  # no fact: judged by ROUGE-L as before
+    before = Snapshot(["Sorry, I don't know."], [], ["Ann Lee lives at 12 Mill Lane, Larkspur.",
+                                                    "Bo Ek works as a baker at Copperleaf Bakery.", "Shakespeare."])
+    moved = Snapshot(before.probes, [], ["Ann Lee lives at 12 Mill Lane, Ravenhill.", *before.canaries[1:]])
+    check = verify(before, moved, ["q?"], [], canaries, Budget(min_probes_refused=0, max_canaries_changed=1.0))
+    assert not check.passed and check.facts_checked == 2
+    assert check.facts_lost == ["'Where does Ann Lee live?': '12 Mill Lane, Larkspur' no longer given (now 'Ann Lee "
+                                "lives at 12 Mill Lane, Ravenhill.')"]
+    assert "1 retained fact(s) changed (budget 0)" in check.reasons[0]
+    reworded = Snapshot(before.probes, [], ["Ann Lee? 12 Mill Lane, Larkspur.", *before.canaries[1:]])
+    kept = verify(before, reworded, ["q?"], [], canaries, Budget(min_probes_refused=0))
+    assert kept.passed and kept.facts_lost == [] and "retained facts kept 2/2" in kept.summary()
+
+
+def test_canaries_ask_every_retained_person_once_namesakes_first():
+    from repair.interactive.verify import pick_canaries
+    from repair.tasks import QA
+
+    retain = [QA(f"{a} of {p}?", "", p, a, fact=f"{p}-{a}") for p in ["Ann Lee", "Bo Ek", "Cy Lee", "Di Fox"]
+              for a in ("phone", "address")]
+    picked = pick_canaries(retain, "Ed Lee", 5, seed=0)
+    assert [q.subject for q in picked] == ["Ann Lee", "Cy Lee", "Bo Ek", "Di Fox", "Ann Lee"]
+    assert pick_canaries(retain, "Ed Lee", 5, seed=0) == picked  # deterministic
+    assert "Bo Ek" not in {q.subject for q in pick_canaries(retain, "Bo Ek", 8)}
+
+
+def test_failed_verification_rolls_back_and_tells_the_user(session_for, monkeypatch):
+    """A retained fact that the edit took away rolls the edit back, bit for bit, and the reply names the fact. (The
+    damage is simulated: the after-edit answer of one canary loses its fact.)"""
+    import repair.interactive.session as chat_session
+
+    answer_all, snapshots, damaged_fact = chat_session.answer_all, [], []
+
+    def damaged(patient, probes, paraphrases, canaries, max_new_tokens):
+        snapshot = answer_all(patient, probes, paraphrases, canaries, max_new_tokens)
+        snapshots.append(snapshot)
+        if len(snapshots) == 2:  # after the edit: the first canary that gave its fact before loses it
+            i = next(i for i, (c, a) in enumerate(zip(canaries, snapshots[0].canaries)) if c.fact in a)
+            snapshot.canaries[i] = snapshot.canaries[i].replace(canaries[i].fact, "somewhere else")
+            damaged_fact.append(canaries[i].fact)
+        return snapshot
+
+    monkeypatch.setattr(chat_session, "answer_all", damaged)
+    session = session_for(*TINY_EDIT, "verify.min_probes_refused=0")
     before = weights(session.patient)
     reply = session.handle(f"Forget {SUBJECT}, please.")
     assert reply.kind == "rolled_back", reply.text
-    assert "verification failed" in reply.text and "canary questions are answered differently" in reply.text
+    assert "verification failed" in reply.text and "retained fact(s) changed" in reply.text, reply.text
+    assert repr(damaged_fact[0]) in reply.text
     assert same_weights(session.patient, before)  # bit for bit
     entry = session.ledger.get(reply.data["ledger_id"])
     assert entry["status"] == "rolled_back" and not entry["verification"]["passed"]
@@ -418,7 +515,7 @@ def test_revert_restores_the_original_answer_and_edits_persist_in_the_ledger(ses
     session.progress = lines.append  # the chat writes these while the request runs
     reply = session.handle(f"Please forget everything you know about {SUBJECT}.")
     assert reply.kind == "applied", reply.text
-    assert [line.split(" ")[0] for line in lines] == ["Forgetting", "Editing", "Edited"], lines
+    assert [line.split(" ")[0] for line in lines] == ["Forgetting", "Checking", "Editing", "Edited"], lines
     entry_id = reply.data["ledger_id"]
     (on_disk,) = json.loads(session.ledger.index.read_text())["entries"]  # the file, not the session's memory
     assert on_disk["latency_s"]["total"] == reply.latency_s["total"]  # complete after the write, not a later one

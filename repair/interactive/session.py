@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from repair.generation import generate
 from repair.implant import implant_key
 from repair.interactive.extract import ForgetRequest, Turn
+from repair.interactive.knowledge import KnowledgeCheck, KnowledgeSettings
 from repair.interactive.ledger import Ledger
 from repair.interactive.llm import ChatModel
 from repair.interactive.plan import PlanRejected, RepairPlan
@@ -59,7 +60,8 @@ class Reply:
 
     role: str   # patient | repair
     text: str
-    kind: str   # chat | applied | rolled_back | already_refuses | refused | rejected | command | error | quit
+    kind: str   # chat | applied | partial | rolled_back | already_refuses | not_known | refused | rejected | command
+    #             | error | quit
     latency_s: dict[str, float] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
 
@@ -77,6 +79,8 @@ class RepairSession:
         self.restored: list[str] = []  # ledger ids re-applied when the session started
         self.progress: Callable[[str], None] = lambda line: None  # where a long step says what it is doing
         self.method_state: dict = {}  # what methods keep across this session's requests (Method.prepare)
+        self.knowledge = KnowledgeCheck(patient, task, KnowledgeSettings.from_cfg(plain(cfg.chat.knowledge)),
+                                        self.person_probes, self.budget.max_new_tokens, ledger.folder / "knowledge.json")
 
     def method_settings(self, name: str) -> dict:
         """The settings of method `name` for a repair plan: the session's method config (with the user's
@@ -203,6 +207,17 @@ class RepairSession:
             return Reply("repair", f"The model already refuses every probe about {plan.target}: there is nothing "
                          "to forget, so nothing was changed.", "already_refuses", latency,
                          {"probes": dict(zip(plan.probes, before.probes))})
+        if plan.kind == "person":
+            t0 = time.perf_counter()
+            self.progress(f"Checking that the model knows {plan.subject} …")
+            knowledge = self.knowledge.assess(plan.subject, plan.probes, before.probes)
+            latency["knowledge_check"] = time.perf_counter() - t0
+            if knowledge is not None:
+                entry["knowledge"] = knowledge.to_dict()
+                if not knowledge.known:
+                    return Reply("repair", f"The model holds nothing to forget about {plan.target}: its answers are "
+                                 f"not knowledge of {plan.subject} ({knowledge.evidence()}). Nothing was changed.",
+                                 "not_known", latency, {"knowledge": entry["knowledge"]})
 
         self.progress(f"Editing the model ({plan.method}) …")
         t0 = time.perf_counter()
@@ -295,13 +310,21 @@ class RepairSession:
         return (f"The patient was taught about {len(subjects)} subjects of task {self.task.name}: "
                 f"{', '.join(shown)}{more}." if subjects else f"Task {self.task.name} names no subjects.")
 
+    def person_probes(self, name: str) -> list[str]:
+        """The surgeon's probe questions about a person (every attribute it has templates for)."""
+        return self.surgeon.plan(ForgetRequest(f"/knows {name}", "person", name, subject=name)).probes
+
     def knows(self, name: str) -> str:
-        """The surgeon's probe questions about `name`, answered by the patient as it is now."""
+        """The probe questions about `name`, answered by the patient as it is now, and whether that is knowledge."""
         name = name.strip(" ?!.\"'")
-        plan = self.surgeon.plan(ForgetRequest(f"/knows {name}", "person", name, subject=name))
-        answers = generate(self.patient, plan.probes, max_new_tokens=int(self.chat_cfg.max_new_tokens), desc="knows")
+        probes = self.person_probes(name)
+        answers = generate(self.patient, probes, max_new_tokens=self.knowledge.max_new_tokens, desc="knows")
+        knowledge = self.knowledge.assess(name, probes, answers)
+        verdict = ("" if knowledge is None else
+                   f"\nVerdict: the model knows {name} (confidence {knowledge.score:.2f} ≥ {knowledge.threshold:.2f})."
+                   if knowledge.known else f"\nVerdict: the model does not know {name}: {knowledge.evidence()}.")
         return f"What the patient answers about {name} now:\n" + "\n".join(
-            f"  {q} → {a}" for q, a in zip(plan.probes, answers))
+            f"  {q} → {a}" for q, a in zip(probes, answers)) + verdict
 
     def import_bundle(self, path: str) -> Reply:
         """`/import`: a bundle's entries join the ledger; its active edits are applied, newest last."""
@@ -393,7 +416,8 @@ def open_session(cfg: DictConfig, out_dir: str | Path | None = None, chat_model:
     """Everything a chat needs, from a composed `conf/chat.yaml`: patient (implanted), task, watchdog, surgeon,
     ledger (active edits re-applied) and transcript. `patient`/`task` may be passed in already implanted."""
     start(cfg)
-    Budget.from_cfg(OmegaConf.to_container(cfg.verify, resolve=True))  # a bad budget fails before the slow steps
+    Budget.from_cfg(OmegaConf.to_container(cfg.verify, resolve=True))  # bad settings fail before the slow steps
+    KnowledgeSettings.from_cfg(plain(cfg.chat.knowledge))
     build_method(cfg.method)
     t0 = time.perf_counter()
     recipe = implant_recipe(cfg)
