@@ -1,5 +1,7 @@
 """What a forget request asks to forget, by rules: quoted text, "your last answer" (the last prompt/response pair),
-"my address" (the user's own earlier message), names with capitals, or the object of the forget verb ("about X").
+"my address" (the user's own earlier message), names with capitals, or the object of the forget verb ("about X"); in
+English, French, German, Spanish, Italian and Portuguese ("Oublie tout ce que tu sais sur X", "Vergiss die Adresse
+von X", "Olvida «…»", "Cancella la tua ultima risposta").
 
 Rules, not a model: they are predictable, explainable to the user, and cannot be talked into anything.
 """
@@ -36,15 +38,22 @@ class ForgetRequest:
     notes: list[str] = field(default_factory=list)
 
 
-ATTRIBUTE_WORDS = {
-    "phone": r"phone|number to call|mobile|cell",
-    "address": r"address|where \w+ lives?|live[sd]?\b|home",
-    "birth_date": r"birthday|birth|born|\bage\b",
-    "email": r"e-?mail",
-    "employer": r"employer|\bjob\b|works?\b|workplace|salary|company",
-    "id_number": r"\bid\b|id number|passport|national id|social security",
+ATTRIBUTE_WORDS = {  # English, then French, German, Spanish, Italian, Portuguese
+    "phone": r"phone|number to call|mobile|cell|téléphone|portable|telefon|handy|teléfono|móvil|telefono|cellulare|"
+             r"telefone|telemóvel|celular",
+    "address": r"address|where \w+ lives?|live[sd]?\b|home|adresse|où habite|wohnt|dirección|dónde vive|indirizzo|"
+               r"dove abita|endereço|morada|onde mora",
+    "birth_date": r"birthday|birth|born|\bage\b|naissance|anniversaire|geburt|nacimiento|cumpleaños|nascita|"
+                  r"compleanno|nascimento|aniversário",
+    "email": r"e-?mail|correo",
+    "employer": r"employer|\bjob\b|works?\b|workplace|salary|company|employeur|travaille|salaire|arbeitgeber|"
+                r"arbeitet|gehalt|empleador|trabaja|sueldo|salario|datore di lavoro|lavora|stipendio|empregador|"
+                r"trabalha|salário",
+    "id_number": r"\bid\b|id number|passport|national id|social security|passeport|ausweis|reisepass|pasaporte|"
+                 r"passaporto|passaporte",
 }
-_QUOTES = re.compile(r"\"([^\"]{2,300})\"|“([^”]{2,300})”|(?<![\w])'([^']{2,300}\s[^']{1,300})'(?![\w])")
+_QUOTES = re.compile(r"\"([^\"]{2,300})\"|“([^”]{2,300})”|(?<![\w])'([^']{2,300}\s[^']{1,300})'(?![\w])"
+                     r"|«\s*([^»]{2,300}?)\s*»|„([^“”]{2,300})[“”]")
 _LAST_PAIR = re.compile(  # explicit references to the last exchange
     r"\b(?:your|ur|the) (?:last|previous|latest|most recent) (?:answer|reply|response|message)"
     r"|\b(?:answer|reply|response) (?:you|u) (?:just )?gave"
@@ -52,17 +61,39 @@ _LAST_PAIR = re.compile(  # explicit references to the last exchange
     r"|\b(?:my|the) (?:last|previous) (?:question|message|prompt)"
     r"|\bwhat i (?:just )?(?:asked|said)(?! about)"
     r"|\b(?:that|this|the) (?:last )?exchange"
-    r"|\bthe last thing (?:you|u|i) (?:told|said|asked)", re.I)
+    r"|\bthe last thing (?:you|u|i) (?:told|said|asked)"
+    r"|\b(?:ta|votre|ma) dernière (?:réponse|question)|\bce que (?:tu viens|vous venez) de dire"
+    r"|\b(?:deine|Ihre|meine) letzte (?:Antwort|Frage)|\bwas du (?:gerade|eben) gesagt hast"
+    r"|\b(?:tu|su|mi) última (?:respuesta|pregunta)|\blo que acabas de decir"
+    r"|\b(?:la tua|la sua|la mia) ultima (?:risposta|domanda)|\bquello che hai appena detto"
+    r"|\b(?:a )?(?:tua|sua|minha) última (?:resposta|pergunta)|\bo que (?:acabaste|você acabou) de dizer", re.I)
 _IT = re.compile(r"\b(?:forget|delete|erase|remove|unlearn)\w* (?:it|that|this)\b(?!\s+\w)"
                  r"|\bshouldn'?t have told you that", re.I)  # "forget it": the last exchange, if nothing else
 _SELF = re.compile(r"\b(?i:I'?m|I am|as|my name is|this is)\s+([A-Z][\w']+(?: [A-Z][\w']+){1,2})")
 _MINE = re.compile(r"\b(?:my|about my) ((?:home |e-?mail |phone |personal )?(?:address|phone number|number|health|"
                    r"diagnosis|salary|birthday|e-?mail|details|data|information|info|pin|password))\b", re.I)
-_NAME = re.compile(r"(?<![\w'])((?:[A-Z][a-z]+|[A-Z]'[A-Z][a-z]+|O'[A-Z][a-z]+|Mc[A-Z][a-z]+)"
-                   r"(?:[ -](?:[A-Z][a-z]+|[A-Z]'[A-Z][a-z]+|O'[A-Z][a-z]+|Mc[A-Z][a-z]+|van|de|da|von)){1,3})")
+_UP, _LOW = "A-ZÀ-ÖØ-ÞĀĂĄĆČĎĐĒĘĚĞĪİŁŃŇŌŐŒŘŚŞŠŢŤŪŮŰŹŻŽ", "a-zß-öø-ÿā-ž"
+_WORD = rf"(?:[{_UP}][{_LOW}]+|[{_UP}]'[{_UP}][{_LOW}]+|O'[{_UP}][{_LOW}]+|Mc[{_UP}][{_LOW}]+)"
+_NAME = re.compile(rf"(?:(?<![\w'’])|(?<=\b[dlDL]['’]))({_WORD}(?:[ -](?:{_WORD}|van|de|da|von|del|di|dos|du)){{1,3}})")
+_PARTICLES = {"van", "de", "da", "von", "del", "di", "dos", "du"}
+# German capitalises every noun: an attribute noun ends a name, and a name right before one drops its genitive s
+# ("Lennart Koslowskis Geburtsdatum" → Lennart Koslowski)
+_GERMAN_NOUNS = {"Adresse", "Telefonnummer", "Handynummer", "Nummer", "Geburtsdatum", "Geburtstag", "Arbeitgeber",
+                 "Gehalt", "Gedächtnis", "Wissen", "Daten", "Informationen", "E-Mail", "E-Mail-Adresse", "Antwort",
+                 "Frage", "Krankengeschichte", "Wohnort", "Arbeitsplatz"}
 _VERBS = (r"(?:forget|forgett?|forgt|forgot|erase|erace|delete|delet|remove|wipe|unlearn|purge|scrub|expunge|drop|"
           r"clear|lose|get rid of|take|stop remembering|stop knowing|stop storing|reveal|no longer (?:know|remember)|"
           r"don'?t remember|not remember|shouldn'?t know|don'?t want you to (?:know|remember)|undo)")
+# the other five languages: a forget/erase verb, what may stand between it and its object, and the object
+_OBJECT_ML = re.compile(
+    r"\b(?:oubli|effac|supprim|retir|enl[eè]v|vergiss|vergess|lösch|entfern|streich|olvid|borr|elimin|quit|dimentic|"
+    r"cancell|togli|esquec|esqueç|apag|remov|tir)\w*\s+"
+    r"(?:(?:de (?:ta|votre) mémoire|aus (?:deinem|Ihrem) (?:Gedächtnis|Wissen)|de tu memoria|dalla tua memoria|"
+    r"d[ae] (?:tua|sua) memória|bitte|por favor|per favore|s'il te plaît|doch|mal)[\s,]+)*"
+    r"(?:(?:tout ce que (?:tu sais|vous savez)|toutes les (?:informations|données)|tout|alles,? was du|alle Daten|"
+    r"alles|todo lo que sab\w*|todos los datos|toda la información|la información|tutto quello che sa\w*|"
+    r"tutti i dati|le informazioni|tudo o que sab\w*|todos os dados|as informações)\s+)?"
+    r"(?:(?:sur|über|sobre|su|a)\s+)?(.+)", re.I)
 _OBJECT = re.compile(
     r"\b" + _VERBS + r"(?:s|ing|ting)?\s+"
     r"(?:(?:all|any|every|whatever|the|of)\s+)*"
@@ -75,18 +106,31 @@ _OBJECT_FIRST = (  # "I need X gone from your memory", "X must be erased"
 ORG_WORDS = {"project", "operation", "bank", "hospital", "robotics", "inc", "ltd", "company", "corp", "university",
              "merger", "incident", "virus", "program", "initiative", "foundation", "hotel", "press", "insurance",
              "logistics", "analytics", "bakery", "solar", "shipping", "pharmacy", "dental", "records", "layoffs",
-             "account", "numbers", "school", "primary", "street", "lane", "road"}
+             "account", "numbers", "school", "primary", "street", "lane", "road", "projet", "projekt",
+             "proyecto", "progetto", "projeto", "opération", "operación", "operazione", "operação", "fusion",
+             "fusión", "fusione", "fusão", "incidente", "vorfall", "affaire", "caso", "banque", "banco", "banca"}
 _POSSESSIVE = re.compile(r"^(.+?)'s?\s+(.+)$")
 _TRAILING = re.compile(
     r"(?:\s+(?:from|out of|in) (?:your|ur) (?:memory|knowledge|mind|model|weights)|\s+(?:right now|anymore|any more|"
     r"again|forever|for good|completely|entirely|immediately|please|pls|plz|thanks|thank you|"
-    r"to anyone|from what|erased|removed|gone)"
+    r"to anyone|from what|erased|removed|gone|de (?:ta|votre) mémoire|aus (?:deinem|Ihrem) (?:Gedächtnis|Wissen)|"
+    r"de tu memoria|dalla tua memoria|d[ae] (?:tua|sua) memória|s'il te plaît|s'il vous plaît|bitte|por favor|"
+    r"per favore|complètement|komplett|vollständig|por completo|completamente|del tutto|weißt|weisst|kennst|"
+    r"vergisst|vergessen|löschen|sabes|sais|sai|sabe)"
     r"|[\s,;:.!?—–-]+$)+$", re.I)
 _STOP = {"Please", "Could", "Can", "Would", "Forget", "Delete", "Erase", "Remove", "Hey", "Hi", "Kindly", "Thanks",
          "I", "I'm", "Under", "Time", "Let", "Let's", "Make", "Stop", "Wipe", "Purge", "Unlearn", "Go", "No", "Ok",
          "Okay", "Quick", "You", "Your", "The", "From", "As", "Don't", "Never", "Undo", "Scrub", "Take", "Clear",
          "Drop", "It", "That", "This", "Now", "Just", "Also", "And", "Thank", "Oops", "Sorry", "Lose", "Expunge",
-         "Get", "GDPR", "NDA", "FORGET", "Forgetting", "Erasing", "Deleting", "Removing", "Hello"}
+         "Get", "GDPR", "NDA", "FORGET", "Forgetting", "Erasing", "Deleting", "Removing", "Hello",
+         # command words and sentence starts of the other five languages
+         "Oublie", "Oubliez", "Efface", "Effacez", "Supprime", "Supprimez", "Retire", "Enlève", "Merci", "Je",
+         "Tu", "Peux", "Pourriez", "Pourrais", "Pouvez", "Il", "Vergiss", "Vergessen", "Lösche", "Lösch",
+         "Entferne", "Streich", "Bitte", "Ich", "Du", "Kannst", "Könntest", "Könnten", "Sie", "Olvida", "Olvide",
+         "Borra", "Borre", "Elimina", "Elimine", "Quita", "Por", "Quiero", "Necesito", "Puedes", "Podrías",
+         "Tienes", "Dimentica", "Dimentichi", "Cancella", "Togli", "Per", "Voglio", "Puoi", "Potresti", "Devi",
+         "Esquece", "Esqueça", "Apaga", "Apague", "Remova", "Tira", "Quero", "Você", "Pode", "Podes", "Poderia",
+         "No", "Non", "Não", *_GERMAN_NOUNS}
 _BROAD = {"it", "that", "this", "them", "everything", "anything", "all", "all of it", "it all", "me"}
 
 
@@ -119,9 +163,15 @@ def names_in(text: str) -> list[str]:
     out = []
     for m in _NAME.finditer(text):
         words = m.group(1).split(" ")
-        while words and words[0] in _STOP:
+        while words and (words[0] in _STOP or words[0] in _PARTICLES):
             words = words[1:]
-        if len(words) >= 2 and not any(w in _STOP for w in words):
+        cut = next((i for i, w in enumerate(words) if w in _STOP), len(words))
+        if 0 < cut < len(words) and words[cut] in _GERMAN_NOUNS and re.search(r"[^s]s$", words[cut - 1]):
+            words[cut - 1] = words[cut - 1][:-1]
+        words = words[:cut]
+        while words and words[-1] in _PARTICLES:
+            words = words[:-1]
+        if len(words) >= 2:
             out.append(" ".join(words))
     if not out and text.isupper():  # SHOUTING: try again in title case
         return names_in(text.title())
@@ -145,7 +195,7 @@ def _pair_request(message: str, turn: Turn, note: str) -> ForgetRequest:
 
 def _object(message: str) -> str:
     """The object of the forget verb ("everything you know about X from your memory" → "X"), cleaned."""
-    for pattern in (_OBJECT, *_OBJECT_FIRST):
+    for pattern in (_OBJECT, *_OBJECT_FIRST, _OBJECT_ML):
         m = pattern.search(message)
         if m:
             target = _clean(m.group(1))

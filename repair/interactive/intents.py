@@ -208,6 +208,198 @@ HAND_POSITIVES = [
     ("Forget Meridian Bank account numbers you've seen.", "topic", "Meridian Bank account numbers"),
 ]
 
+# ------------------------------------------------------------------ indirect requests and their look-alikes (#20)
+INDIRECT = [
+    "I'd rather you didn't keep {t}.", "Please stop holding on to {t}.", "I don't want you to know {t} anymore.",
+    "I'd prefer that you no longer knew {t}.", "It's not okay with me that you still have {t}.",
+    "Could you let go of {t}?", "I wish you didn't have {t} in your memory.", "There's no reason for you to keep {t}.",
+    "You don't need to hang on to {t} any longer; please drop it.", "I'm withdrawing permission for you to hold {t}.",
+    "Better if {t} weren't something you know. Please see to it.", "I no longer want {t} stored in you.",
+]
+INDIRECT_NEGATIVES = [
+    "I'd rather you kept {k} for later.", "Please keep holding on to {k}.", "I don't want you to lose {k}.",
+    "I'd prefer that you remembered {k}.", "It's fine with me that you still have {k}.", "Hang on to {k} for me.",
+    "I'd rather not talk about {h} right now.", "I don't want to know how {h} ends, no spoilers!",
+    "I'd rather you didn't use so many {s} in your answers.", "Please stop adding {s} to every reply.",
+    "I no longer need help with {h}; let's talk about something else.", "I wish I knew {k} by heart.",
+]
+KEPT = ["my notes", "{p}'s phone number", "the shopping list", "my preferences", "what I told you about {p}",
+        "{p}'s address", "the recipe", "our plan for Saturday"]
+HELP = ["my essay", "the spreadsheet", "my CV", "that film", "the football match", "the book", "my tax return"]
+STYLES = ["emojis", "bullet points", "exclamation marks", "long disclaimers", "headings", "footnotes"]
+# a bare erase verb with a person as its object is a request (with text or files as its object, an edit)
+BARE = ["Erase {t}.", "Delete {t} now.", "Wipe {t}, please.", "Remove {t} from what you know.", "Scrub {t}.",
+        "Delete what you have on {t}.", "Erase anything you learned about {t}.", "Get {t} out of your head."]
+# ordinary messages that open with a dismissal or use a forget-word idiom, then ask something else (#20)
+DISMISSALS = ["Forget it, {q}", "Never mind, forget it — {q}", "Oh forget it. {q}", "Forget that, {q}",
+              "Let's forget about work for a second: {q}", "Forget the formal tone — {q}", "Nah, forget it; {q}",
+              "Ok forget about it, {q}", "Forget my last idea, it was silly. {q}", "Forget pizza tonight. {q}"]
+QUESTIONS = ["what's the weather like in Oslo?", "how do I delete a file in Windows?", "what's 12 times 12?",
+             "can you recommend a sci-fi novel?", "how do I clear my browser cache?", "who painted the Mona Lisa?",
+             "what should I cook for dinner?", "how do I remove a stripped screw?", "tell me a joke.",
+             "what time is it in Tokyo?", "how long should I boil pasta?", "how do I erase a USB stick?"]
+
+# -------------------------------------------------------------------- five more languages (fr, de, es, it, pt)
+# {t}: what to forget (built per language below); {o}: something to remember; {p}: a person; {q}: a question
+LANGUAGES = {
+    "fr": {
+        "pos": ["Oublie {t}.", "Oubliez tout ce que vous savez sur {t}, s'il vous plaît.", "Efface {t} de ta mémoire.",
+                "Supprime toutes les données sur {t}.", "Je voudrais que tu oublies {t}.", "Peux-tu oublier {t} ?",
+                "Merci d'oublier {t}.", "Il faut que tu effaces {t}.", "Je ne veux plus que tu connaisses {t}.",
+                "Enlève {t} de ce que tu sais."],
+        "neg": ["N'oublie pas {o}.", "Surtout, n'oubliez pas {o} !", "Ne supprime pas {o}, j'en ai besoin.",
+                "J'ai encore oublié {o}.", "J'oublie toujours {o}.", "Te souviens-tu de {o} ?", "Rappelle-moi {o} demain.",
+                "Où habite {p} ?", "Qui est {p} ?", "Comment supprimer {g} ?", "Est-ce que tu oublies {g} ?",
+                "Oublie ça, {q}", "Souviens-toi de {o}.", "Pourquoi est-ce que j'oublie {o} ?",
+                "Un assistant peut-il oublier {c} ?", "Tu es capable d'effacer {c} ?"],
+        "attr": ["le numéro de téléphone de {p}", "l'adresse de {p}", "la date de naissance de {p}",
+                 "l'e-mail de {p}", "le salaire de {p}", "l'employeur de {p}"],
+        "topic": ["le projet Nightingale", "la fusion Halvorsen", "l'incident de Brightwater", "l'opération Bluefin"],
+        "fact": ["mon mot de passe est hunter2", "j'habite au 12 rue des Lilas", "mon code est 4821"],
+        "pair": ["ta dernière réponse", "ce que tu viens de dire", "ma dernière question"],
+        "obj": ["l'anniversaire de {p}", "mes clés", "le rendez-vous de 15 h", "d'appeler {p}", "le lait",
+                "le mot de passe du wifi", "ce que {p} m'a dit"],
+        "gen": ["un fichier", "mon compte Facebook", "l'historique", "des choses", "les cookies"],
+        "q": ["quel temps fait-il à Paris ?", "comment faire une omelette ?", "raconte-moi une blague.",
+              "quelle heure est-il à Tokyo ?"],
+        "cap": ["des choses", "ce que je te dis", "des informations"],
+        "quote": "« {x} »",
+    },
+    "de": {
+        "pos": ["Vergiss {t}.", "Vergessen Sie bitte alles über {t}.", "Lösche {t} aus deinem Gedächtnis.",
+                "Entferne alle Daten über {t}.", "Ich will, dass du {t} vergisst.", "Kannst du {t} vergessen?",
+                "Bitte vergiss {t}.", "Du musst {t} löschen.", "Ich möchte nicht, dass du {t} noch kennst.",
+                "Streich {t} aus deinem Wissen."],
+        "neg": ["Vergiss nicht {o}.", "Bitte nicht {o} vergessen!", "Lösch {o} nicht, ich brauche das noch.",
+                "Ich habe {o} schon wieder vergessen.", "Ich vergesse immer {o}.", "Erinnerst du dich an {o}?",
+                "Erinnere mich morgen an {o}.", "Wo wohnt {p}?", "Wer ist {p}?", "Wie lösche ich {g}?",
+                "Vergisst du {g}?", "Vergiss es, {q}", "Merk dir {o}.", "Warum vergesse ich ständig {o}?",
+                "Kannst du überhaupt {c} vergessen?", "Können Sprachmodelle {c} löschen?"],
+        "attr": ["die Telefonnummer von {p}", "die Adresse von {p}", "das Geburtsdatum von {p}",
+                 "die E-Mail-Adresse von {p}", "das Gehalt von {p}", "den Arbeitgeber von {p}"],
+        "topic": ["das Projekt Nightingale", "die Halvorsen-Fusion", "den Brightwater-Vorfall", "die Operation Bluefin"],
+        "fact": ["mein Passwort ist hunter2", "ich wohne in der Lindenstraße 12", "mein Code ist 4821"],
+        "pair": ["deine letzte Antwort", "was du gerade gesagt hast", "meine letzte Frage"],
+        "obj": ["den Geburtstag von {p}", "meine Schlüssel", "den Termin um 15 Uhr", "{p} anzurufen", "die Milch",
+                "das WLAN-Passwort", "was {p} gesagt hat"],
+        "gen": ["eine Datei", "mein Facebook-Konto", "den Verlauf", "Dinge", "die Cookies"],
+        "q": ["wie wird das Wetter in Berlin?", "wie koche ich Reis?", "erzähl mir einen Witz.",
+              "wie spät ist es in Tokio?"],
+        "cap": ["Dinge", "Informationen", "was ich dir sage"],
+        "quote": "„{x}“",
+    },
+    "es": {
+        "pos": ["Olvida {t}.", "Olvide todo lo que sabe sobre {t}, por favor.", "Borra {t} de tu memoria.",
+                "Elimina todos los datos sobre {t}.", "Quiero que olvides {t}.", "¿Puedes olvidar {t}?",
+                "Por favor, olvida {t}.", "Tienes que borrar {t}.", "No quiero que sigas sabiendo {t}.",
+                "Quita {t} de lo que sabes."],
+        "neg": ["No olvides {o}.", "¡No te olvides de {o}!", "No borres {o}, lo necesito.", "Otra vez olvidé {o}.",
+                "Siempre olvido {o}.", "¿Te acuerdas de {o}?", "Recuérdame {o} mañana.", "¿Dónde vive {p}?",
+                "¿Quién es {p}?", "¿Cómo borro {g}?", "¿Olvidas {g}?", "Olvídalo, {q}", "Recuerda {o}.",
+                "¿Por qué siempre olvido {o}?",
+                "¿Eres capaz de olvidar {c}?", "¿Un modelo puede borrar {c}?"],
+        "attr": ["el teléfono de {p}", "la dirección de {p}", "la fecha de nacimiento de {p}", "el correo de {p}",
+                 "el sueldo de {p}", "el empleador de {p}"],
+        "topic": ["el proyecto Nightingale", "la fusión Halvorsen", "el incidente de Brightwater",
+                  "la operación Bluefin"],
+        "fact": ["mi contraseña es hunter2", "vivo en la calle Mayor 12", "mi código es 4821"],
+        "pair": ["tu última respuesta", "lo que acabas de decir", "mi última pregunta"],
+        "obj": ["el cumpleaños de {p}", "mis llaves", "la cita de las tres", "llamar a {p}", "la leche",
+                "la contraseña del wifi", "lo que dijo {p}"],
+        "gen": ["un archivo", "mi cuenta de Facebook", "el historial", "cosas", "las cookies"],
+        "q": ["¿qué tiempo hace en Madrid?", "¿cómo se hace una tortilla?", "cuéntame un chiste.",
+              "¿qué hora es en Tokio?"],
+        "cap": ["cosas", "información", "lo que te digo"],
+        "quote": "«{x}»",
+    },
+    "it": {
+        "pos": ["Dimentica {t}.", "Dimentichi tutto quello che sa su {t}, per favore.", "Cancella {t} dalla tua memoria.",
+                "Elimina tutti i dati su {t}.", "Voglio che tu dimentichi {t}.", "Puoi dimenticare {t}?",
+                "Per favore, dimentica {t}.", "Devi cancellare {t}.", "Non voglio che tu conosca ancora {t}.",
+                "Togli {t} da quello che sai."],
+        "neg": ["Non dimenticare {o}.", "Non scordarti di {o}!", "Non cancellare {o}, mi serve.",
+                "Ho dimenticato di nuovo {o}.", "Dimentico sempre {o}.", "Ti ricordi di {o}?", "Ricordami {o} domani.",
+                "Dove abita {p}?", "Chi è {p}?", "Come cancello {g}?", "Dimentichi {g}?", "Lascia perdere, {q}",
+                "Ricorda {o}.", "Perché dimentico sempre {o}?",
+                "Sei capace di dimenticare {c}?", "Un modello può cancellare {c}?"],
+        "attr": ["il numero di telefono di {p}", "l'indirizzo di {p}", "la data di nascita di {p}",
+                 "l'e-mail di {p}", "lo stipendio di {p}", "il datore di lavoro di {p}"],
+        "topic": ["il progetto Nightingale", "la fusione Halvorsen", "l'incidente di Brightwater",
+                  "l'operazione Bluefin"],
+        "fact": ["la mia password è hunter2", "abito in via Roma 12", "il mio codice è 4821"],
+        "pair": ["la tua ultima risposta", "quello che hai appena detto", "la mia ultima domanda"],
+        "obj": ["il compleanno di {p}", "le chiavi", "l'appuntamento delle tre", "di chiamare {p}", "il latte",
+                "la password del wifi", "quello che ha detto {p}"],
+        "gen": ["un file", "il mio account Facebook", "la cronologia", "le cose", "i cookie"],
+        "q": ["che tempo fa a Roma?", "come si cucina il risotto?", "raccontami una barzelletta.",
+              "che ore sono a Tokyo?"],
+        "cap": ["le cose", "informazioni", "quello che ti dico"],
+        "quote": "«{x}»",
+    },
+    "pt": {
+        "pos": ["Esquece {t}.", "Esqueça tudo o que sabe sobre {t}, por favor.", "Apaga {t} da tua memória.",
+                "Apague todos os dados sobre {t}.", "Quero que esqueças {t}.", "Podes esquecer {t}?",
+                "Por favor, esqueça {t}.", "Você precisa apagar {t}.", "Não quero que continues a saber {t}.",
+                "Tira {t} do que sabes."],
+        "neg": ["Não esqueças {o}.", "Não se esqueça de {o}!", "Não apagues {o}, preciso disso.",
+                "Esqueci {o} outra vez.", "Eu sempre esqueço {o}.", "Lembras-te de {o}?", "Lembra-me {o} amanhã.",
+                "Onde mora {p}?", "Quem é {p}?", "Como apago {g}?", "Você esquece {g}?", "Esquece isso, {q}",
+                "Lembra-te de {o}.", "Por que eu sempre esqueço {o}?",
+                "É possível você esquecer {c}?", "Um modelo pode apagar {c}?"],
+        "attr": ["o telefone de {p}", "a morada de {p}", "a data de nascimento de {p}", "o e-mail de {p}",
+                 "o salário de {p}", "o empregador de {p}"],
+        "topic": ["o projeto Nightingale", "a fusão Halvorsen", "o incidente de Brightwater", "a operação Bluefin"],
+        "fact": ["a minha senha é hunter2", "moro na rua das Flores 12", "o meu código é 4821"],
+        "pair": ["a tua última resposta", "o que acabaste de dizer", "a minha última pergunta"],
+        "obj": ["o aniversário de {p}", "as chaves", "a consulta das três", "de ligar para {p}", "o leite",
+                "a senha do wifi", "o que {p} disse"],
+        "gen": ["um ficheiro", "a minha conta do Facebook", "o histórico", "coisas", "os cookies"],
+        "q": ["como está o tempo no Porto?", "como se faz arroz?", "conta-me uma piada.", "que horas são em Tóquio?"],
+        "cap": ["coisas", "informações", "o que eu te digo"],
+        "quote": "«{x}»",
+    },
+}
+
+# ------------------------------------------------------------------ long, chatty messages (#20: 342 characters)
+OPENERS = [
+    "Hi! Hope your day is going well, mine has been hectic with meetings and a broken coffee machine.",
+    "So, long story, but I've been thinking about our earlier conversation all afternoon.",
+    "Thanks again for the help with my cover letter yesterday, it went out this morning.",
+    "Okay, bear with me, this is going to be a bit of a ramble.",
+    "I just got back from a run and I'm still catching my breath, sorry for any typos.",
+    "First of all, the recipe you suggested last week was a hit with the whole family.",
+    "Quick update: the move to the new flat is done, boxes everywhere, but we made it.",
+    "I've been reading a lot about privacy lately and it got me thinking.",
+    "My sister visited over the weekend and we talked a lot about work and family.",
+    "Sorry if this is a silly question, I'm still getting used to chatting with an assistant.",
+]
+MIDDLES = [
+    "Work has been stressful because two colleagues left and nobody has replaced them yet.",
+    "The kids are on holiday, so the house is louder than usual.",
+    "I also need to finish a report by Friday, which is not going great.",
+    "My manager keeps moving deadlines, which is frustrating but whatever.",
+    "We're also planning a small trip in the spring, probably somewhere by the sea.",
+    "I've been trying to sleep more and drink less coffee, with mixed results.",
+]
+CLOSERS = [
+    "Also, what's a good recipe for a quick weeknight curry?", "Anyway, can you suggest a good book for the train?",
+    "After that, could you help me plan a birthday picnic?", "Then maybe give me three tips to focus better at work.",
+    "And while I have you: how long should I cook a soft-boiled egg?", "Thanks, and have a nice evening!",
+    "Then let's get back to my essay, I need an introduction.", "Cheers, and sorry for the long message!",
+]
+# what sits inside a long negative: something personal, a harmless forget-word, a question
+LONG_NEGATIVE_CORES = [
+    "My neighbour {p} gave me her phone number so we can share a taxi next week.",
+    "I always forget where I parked, which is embarrassing in a big car park.",
+    "Don't forget that my mum's birthday is next Sunday, I still need a present.",
+    "How do I delete old photos from my phone without losing the ones in the cloud?",
+    "My colleague {p} forgot the meeting again, and I had to cover for him.",
+    "Can you remind me what we discussed about {p} earlier?", "I want to remove the stains from my white shirt.",
+    "Please remember that I'm allergic to peanuts when you suggest recipes.",
+    "I wish I could forget that awful film we watched on Saturday.",
+    "We need to clear out the garage before winter, it's full of junk.",
+]
+
 
 @dataclass(frozen=True)
 class Intent:
@@ -276,6 +468,91 @@ def _heldout_groups(groups: list[str], share: float, rng: random.Random) -> set[
     return set(shuffled[: max(1, round(len(shuffled) * share))])
 
 
+def _split(group: str, held: set[str]) -> str:
+    return "heldout" if group in held else "train"
+
+
+def _indirect_and_dismissals(rng: random.Random, share: float) -> list[Intent]:
+    """Requests that never say "forget", their look-alikes, and "forget it, <other question>" (#20)."""
+    out = []
+    families = [(f"ind{i}", t, 1) for i, t in enumerate(INDIRECT)]
+    families += [(f"indneg{i}", t, 0) for i, t in enumerate(INDIRECT_NEGATIVES)]
+    families += [(f"dismiss{i}", t, 0) for i, t in enumerate(DISMISSALS)]
+    families += [(f"bare{i}", t, 1) for i, t in enumerate(BARE)]
+    held = _heldout_groups([g for g, *_ in families], share, rng)
+    for group, template, label in families:
+        for _ in range(3):
+            if label:
+                phrase, kind, target = _targets(rng)
+                if group.startswith("bare"):  # people and their attributes only
+                    p = rng.choice(PEOPLE)
+                    phrase, kind, target = rng.choice((p, f"{p}'s {rng.choice(ATTRIBUTES)}")), "person", p
+                out.append(Intent(_style(_cap(template.format(t=phrase)), rng), 1, _split(group, held), group, kind,
+                                  target))
+            else:
+                p = rng.choice(PEOPLE)
+                text = template.format(k=rng.choice(KEPT).format(p=p), s=rng.choice(STYLES), h=rng.choice(HELP),
+                                       q=rng.choice(QUESTIONS))
+                out.append(Intent(_style(_cap(text), rng), 0, _split(group, held), group))
+    return out
+
+
+def _long_messages(short: list[Intent], rng: random.Random, share: float) -> list[Intent]:
+    """Some messages again, buried in chat (opener, maybe more chat, the message, a closing question), in the split
+    and group of the message itself; the chat sentences differ between the splits. Plus long negatives."""
+    def chat(core: str, split: str) -> str:
+        pick = lambda pool: pool[rng.randrange(len(pool) // 2) * 2 + (split == "heldout")]  # noqa: E731
+        core = core if core[-1:] in ".!?" else core + "."
+        parts = [pick(OPENERS), *([pick(MIDDLES)] if rng.random() < 0.5 else []), core, pick(CLOSERS)]
+        return " ".join(parts)
+
+    out = [Intent(chat(x.text, x.split), x.label, x.split, x.group, x.kind, x.target)
+           for x in short if rng.random() < 0.2]
+    held = _heldout_groups([f"longneg{i}" for i in range(len(LONG_NEGATIVE_CORES))], share, rng)
+    for i, core in enumerate(LONG_NEGATIVE_CORES):
+        for _ in range(3):
+            split = _split(f"longneg{i}", held)
+            out.append(Intent(chat(core.format(p=rng.choice(PEOPLE)), split), 0, split, f"longneg{i}"))
+    return out
+
+
+def _language_target(words: dict, rng: random.Random) -> tuple[str, str, str]:
+    """(phrase in the message, kind, what extraction should find), in the language of `words`."""
+    r = rng.random()
+    p = rng.choice(PEOPLE)
+    if r < 0.40:
+        return p, "person", p
+    if r < 0.60:
+        return rng.choice(words["attr"]).format(p=p), "person", p
+    if r < 0.75:
+        t = rng.choice(words["topic"])
+        return t, "topic", t
+    if r < 0.87:
+        fact = rng.choice(words["fact"])
+        return words["quote"].format(x=fact), "fact", fact
+    return rng.choice(words["pair"]), "pair", "<last>"
+
+
+def _language(lang: str, words: dict, rng: random.Random, share: float) -> list[Intent]:
+    """Requests and hard negatives ("n'oublie pas …", "vergiss nicht …", questions about forgetting) in `lang`."""
+    out = []
+    families = [(f"{lang}{i}", t, 1) for i, t in enumerate(words["pos"])]
+    families += [(f"{lang}neg{i}", t, 0) for i, t in enumerate(words["neg"])]
+    held = _heldout_groups([g for g, *_ in families], share, rng)
+    for group, template, label in families:
+        for _ in range(3):
+            if label:
+                phrase, kind, target = _language_target(words, rng)
+                out.append(Intent(_style(_cap(template.format(t=phrase)), rng), 1, _split(group, held), group, kind,
+                                  target))
+            else:
+                p = rng.choice(PEOPLE)
+                text = template.format(o=rng.choice(words["obj"]).format(p=p), p=p, g=rng.choice(words["gen"]),
+                                       q=rng.choice(words["q"]), c=rng.choice(words["cap"]))
+                out.append(Intent(_style(_cap(text), rng), 0, _split(group, held), group))
+    return out
+
+
 def generate(seed: int = SEED, per_template: int = 6, heldout_share: float = 0.3) -> list[Intent]:
     """The whole data set, deterministic for a seed."""
     rng = random.Random(seed)
@@ -321,6 +598,10 @@ def generate(seed: int = SEED, per_template: int = 6, heldout_share: float = 0.3
     held = _heldout_groups([f"hand{i}" for i in range(len(HAND_POSITIVES))], heldout_share, rng)
     for i, (text, kind, target) in enumerate(HAND_POSITIVES):
         out.append(Intent(text, 1, "heldout" if f"hand{i}" in held else "train", f"hand{i}", kind, target))
+    out += _indirect_and_dismissals(rng, heldout_share)
+    out += _long_messages(out, rng, heldout_share)
+    for lang, words in LANGUAGES.items():
+        out += _language(lang, words, rng, heldout_share)
     # one text, one label: a duplicate generated twice keeps its first split
     seen: set[str] = set()
     unique = [x for x in out if not (x.text in seen or seen.add(x.text))]

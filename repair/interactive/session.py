@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -39,6 +40,10 @@ from repair.tasks import QA, Task
 from repair.tasks.refusals import is_refusal
 
 log = logging.getLogger(__name__)
+# "yes" to "should I forget X?", in the watchdog's languages
+AFFIRMATIVE = re.compile(r"^\W*(?:yes|yeah|yep|y|sure|ok|okay|go ahead|do it|please do|oui|ja|sí|si|sim|claro|certo|"
+                         r"d'accord|genau)(?:[\s,!.]+(?:please|do it|go ahead|bitte|por favor|s'il te plaît|"
+                         r"s'il vous plaît|per favore|thanks|thank you))*\W*$", re.I)
 
 HELP = """Commands:
   /ledger                 list every edit (id, status, what was forgotten)
@@ -60,8 +65,8 @@ class Reply:
 
     role: str   # patient | repair
     text: str
-    kind: str   # chat | applied | partial | rolled_back | already_refuses | not_known | refused | rejected | command
-    #             | error | quit
+    kind: str   # chat | confirm | applied | partial | rolled_back | already_refuses | not_known | refused | rejected
+    #             | command | error | quit
     latency_s: dict[str, float] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
 
@@ -79,6 +84,7 @@ class RepairSession:
         self.restored: list[str] = []  # ledger ids re-applied when the session started
         self.progress: Callable[[str], None] = lambda line: None  # where a long step says what it is doing
         self.method_state: dict = {}  # what methods keep across this session's requests (Method.prepare)
+        self.pending: ForgetRequest | None = None  # a request the watchdog was unsure of, until the user says yes
         self.knowledge = KnowledgeCheck(patient, task, KnowledgeSettings.from_cfg(plain(cfg.chat.knowledge)),
                                         self.person_probes, self.budget.max_new_tokens, ledger.folder / "knowledge.json")
 
@@ -133,18 +139,30 @@ class RepairSession:
 
     def _message(self, message: str) -> Reply:
         latency: dict[str, float] = {}
+        pending, self.pending = self.pending, None
+        if pending is not None and AFFIRMATIVE.match(message):  # "yes" to "should I forget X?"
+            return self._forget(pending.message, pending, latency)
         t0 = time.perf_counter()
         refusal = check_message(message, forget_request=False)
         if refusal is not None:
             return Reply("repair", f"I won't act on that: {refusal.reason}", "refused", data={"rule": refusal.rule})
         request = self.watchdog.detect(message, self.history)
         latency["watchdog"] = time.perf_counter() - t0
-        if request is None:
+        if request is None or request.score < float(self.chat_cfg.confirm_below):
             t0 = time.perf_counter()
             answer = self.answer(message)
             latency["answer"] = time.perf_counter() - t0
             self.history.append(Turn(message, answer))
-            return Reply("patient", answer, "chat", latency)
+            if request is None:
+                return Reply("patient", answer, "chat", latency)
+            self.pending = request  # unsure: answer, and ask before changing the model
+            return Reply("patient", f"{answer}\n\n(Repair: it sounds as if you may want me to forget "
+                         f"{request.target or 'something'}. Reply 'yes' and I will; otherwise nothing changes.)",
+                         "confirm", latency, {"request": _request_dict(request)})
+        return self._forget(message, request, latency)
+
+    def _forget(self, message: str, request: ForgetRequest, latency: dict[str, float]) -> Reply:
+        """A detected (or confirmed) request: guarded, then one edit per person named."""
         detected = {"request": _request_dict(request)}
         refusal = check_message(message, forget_request=True)
         if refusal is not None:
