@@ -1,10 +1,12 @@
 """Record a scripted chat on the default patient: a user asks about a person, asks the model to forget them, the
-model refuses afterwards, and the user undoes it — with the latency of every step. Writes docs/chat_session.md.
+model refuses afterwards, and the user undoes it; then a request about someone the patient was never taught (no
+edit), a request in French buried in a chatty message, and a look at who is known — with the latency of every step.
+Writes docs/chat_session.md.
 
     python scripts/record_chat_session.py [--doc PATH] [hydra overrides of conf/chat.yaml ...]
 
-The person is the task's first forget profile (a person the implant taught). The ledger goes to a temporary folder,
-so recording never touches your own ledger.
+The person is the task's first forget profile (a person the implant taught), the never-taught one its first holdout
+profile. The ledger goes to a temporary folder, so recording never touches your own ledger.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from repair.tasks.refusals import is_refusal
 DOC = Path(__file__).resolve().parents[1] / "docs" / "chat_session.md"
 
 
-def script_for(person: str, other: str) -> list[str]:
+def script_for(person: str, other: str, never: str, third: str) -> list[str]:
     return [
         f"Where does {person} live?",
         f"What is {person}'s phone number?",
@@ -38,6 +40,12 @@ def script_for(person: str, other: str) -> list[str]:
         "/ledger",
         "/undo",
         f"Where does {person} live?",
+        f"Where does {never} live?",
+        f"Please forget everything you know about {never}.",
+        f"Merci pour ton aide hier, c'était très utile. J'ai une question sur mes voisins, mais d'abord : oublie le "
+        f"numéro de téléphone de {third}, s'il te plaît. Cette personne ne veut plus qu'on le retrouve.",
+        f"What is {third}'s phone number?",
+        f"/knows {never}",
     ]
 
 
@@ -52,8 +60,9 @@ def main() -> None:
     session = open_session(cfg, workdir / "chat")
     startup = time.perf_counter() - t0
     person = session.task.forget[0].subject
-    other = next(q.subject for q in session.task.retain if q.subject != person)
-    replies = [(message, session.handle(message)) for message in script_for(person, other)]
+    others = list(dict.fromkeys(q.subject for q in session.task.retain if q.subject != person))
+    never = session.task.holdout[0].subject
+    replies = [(message, session.handle(message)) for message in script_for(person, others[0], never, others[1])]
 
     asked = [r for m, r in replies if m == f"Where does {person} live?"]
     forget = next(r for m, r in replies if m.startswith("Please forget"))
@@ -81,6 +90,8 @@ def main() -> None:
                                                            if forget.data.get("verification") else ""),
         f"- the model refuses afterwards: **{'yes' if refused_after else 'no'}**",
         f"- `/undo` restores the original answer: **{('yes' if restored else 'no') if forget.kind == 'applied' else 'n/a (nothing was kept)'}**",
+        f"- the never-taught person ({never}): **{next(r.kind for m, r in replies if m.endswith(f'about {never}.'))}**",
+        f"- the French request inside a chatty message: **{next(r.kind for m, r in replies if m.startswith('Merci'))}**",
         "",
         *rows,
         "",
