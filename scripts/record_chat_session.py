@@ -5,8 +5,8 @@ Writes docs/chat_session.md.
 
     python scripts/record_chat_session.py [--doc PATH] [hydra overrides of conf/chat.yaml ...]
 
-The person is the task's first forget profile (a person the implant taught), the never-taught one its first holdout
-profile. The ledger goes to a temporary folder, so recording never touches your own ledger.
+The person is the task's first forget profile (a person the implant taught); the never-taught one is the invented
+name a user tried in #20 (the patient answers with other people's facts). The ledger goes to a temporary folder, so recording never touches your own ledger.
 """
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def main() -> None:
     startup = time.perf_counter() - t0
     person = session.task.forget[0].subject
     others = list(dict.fromkeys(q.subject for q in session.task.retain if q.subject != person))
-    never = session.task.holdout[0].subject
+    never = "Bartholomew Quincefield"
     replies = [(message, session.handle(message)) for message in script_for(person, others[0], never, others[1])]
 
     asked = [r for m, r in replies if m == f"Where does {person} live?"]
