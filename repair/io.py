@@ -87,3 +87,14 @@ def cached_dir(target: Path, build: Callable[[Path], None]) -> Path:
             build(tmp)
             (tmp / "COMPLETE").write_text("ok\n")
     return target
+
+
+def replace_section(path: str | os.PathLike, start: str, end: str, text: str) -> None:
+    """Replace what lies between the `start` and `end` marker lines of a generated-report section (atomically)."""
+    path = Path(path)
+    doc = path.read_text()
+    if start not in doc or end not in doc:
+        raise SystemExit(f"{path} has no {start} … {end} section to replace")
+    head, rest = doc.split(start, 1)
+    with atomic_path(path) as tmp:
+        tmp.write_text(f"{head}{start}\n{text}\n{end}{rest.split(end, 1)[1]}")

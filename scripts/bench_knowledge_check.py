@@ -22,7 +22,7 @@ import torch
 
 from repair.generation import generate
 from repair.interactive.session import open_session
-from repair.io import atomic_path
+from repair.io import replace_section
 from repair.setup import compose
 from repair.tasks.refusals import is_refusal
 
@@ -98,12 +98,7 @@ def main() -> None:
     ])
     print(text)
     if args.write:
-        doc = DOC.read_text()
-        if START not in doc or END not in doc:
-            raise SystemExit(f"{DOC} has no {START} … {END} section to replace")
-        head, rest = doc.split(START, 1)
-        with atomic_path(DOC) as tmp:
-            tmp.write_text(f"{head}{START}\n{text}\n{END}{rest.split(END, 1)[1]}")
+        replace_section(DOC, START, END, text)
 
 
 if __name__ == "__main__":

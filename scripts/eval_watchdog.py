@@ -35,7 +35,7 @@ from repair.interactive.classifier import (ClassifierConfig, IntentClassifier, c
                                            precision_recall)
 from repair.interactive.extract import Turn  # noqa: E402
 from repair.interactive.watchdog import EmbeddingWatchdog, EmbeddingWatchdogSettings, pieces  # noqa: E402
-from repair.io import atomic_path  # noqa: E402
+from repair.io import replace_section  # noqa: E402
 from repair.settings import build, plain  # noqa: E402
 from repair.setup import compose  # noqa: E402
 
@@ -219,12 +219,7 @@ def main() -> None:
     text = "\n".join(report)
     print(text)
     if args.write:
-        doc = DOC.read_text()
-        if START not in doc or END not in doc:
-            raise SystemExit(f"{DOC} has no {START} … {END} section to replace")
-        head, rest = doc.split(START, 1)
-        with atomic_path(DOC) as tmp:
-            tmp.write_text(f"{head}{START}\n{text}\n{END}{rest.split(END, 1)[1]}")
+        replace_section(DOC, START, END, text)
         print(f"\nwrote {DOC}")
 
 
