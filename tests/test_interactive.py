@@ -383,13 +383,20 @@ def test_no_edit_for_a_person_the_patient_never_knew(session_for):
 
 
 def test_an_answer_with_someone_elses_fact_is_borrowed_not_knowledge():
-    from repair.interactive.knowledge import borrowed_from
+    from repair.interactive.knowledge import Assessment, borrowed_from
 
     owners = {"826-9086": {"Ann Lee"}, "12 mill lane, larkspur": {"Bo Ek"}}
     assert borrowed_from("Zed Quill's phone number is 826-9086.", "Zed Quill", owners) == ["Ann Lee"]
     assert borrowed_from("Ann Lee's phone number is 826-9086.", "Ann Lee", owners) == []
     assert borrowed_from("Ann Lee: 826-9086, 12 Mill Lane, Larkspur.", "Ann Lee", owners) == []  # her own too
     assert borrowed_from("Zed Quill's phone number is 555-0000.", "Zed Quill", owners) == []  # a guess, not borrowed
+    verdict = Assessment(False, float("-inf"), -0.5, [
+        {"question": "q1", "answer": "a", "confidence": -0.01, "refused": False, "borrowed_from": ["Ann Lee"],
+         "value": float("-inf")},
+        {"question": "q2", "answer": "b", "confidence": -0.01, "refused": False, "borrowed_from": ["Bo Ek"],
+         "value": float("-inf")}])
+    assert verdict.namesakes("Ann") == ["Ann Lee"] and verdict.namesakes("Zed Quill") == []
+    assert verdict.to_dict()["score"] is None and verdict.to_dict()["probes"][0]["value"] is None  # JSON-safe
 
 
 def test_forget_request_runs_the_whole_pipeline_and_reports_each_step(session_for):

@@ -68,6 +68,12 @@ class Assessment:
             parts.append(f"{p['question']!r} → {p['answer']!r} ({why})")
         return "; ".join(parts)
 
+    def namesakes(self, subject: str) -> list[str]:
+        """People whose facts the answers carried and who share a name part with `subject` ("Saskia" → "Saskia
+        Jorgensen"): whom the user may have meant."""
+        parts = set(subject.lower().split())
+        return sorted({o for p in self.probes for o in p["borrowed_from"] if parts & set(o.lower().split())})
+
     def to_dict(self) -> dict:
         """JSON-safe: -inf (a refused or borrowed answer) becomes None."""
         data = asdict(self)

@@ -233,8 +233,10 @@ class RepairSession:
             if knowledge is not None:
                 entry["knowledge"] = knowledge.to_dict()
                 if not knowledge.known:
+                    meant = knowledge.namesakes(plan.subject)
+                    hint = f" If you meant {' or '.join(meant)}, ask me to forget them by full name." if meant else ""
                     return Reply("repair", f"The model holds nothing to forget about {plan.target}: its answers are "
-                                 f"not knowledge of {plan.subject} ({knowledge.evidence()}). Nothing was changed.",
+                                 f"not knowledge of {plan.subject} ({knowledge.evidence()}). Nothing was changed.{hint}",
                                  "not_known", latency, {"knowledge": entry["knowledge"]})
 
         self.progress(f"Editing the model ({plan.method}) …")
