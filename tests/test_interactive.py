@@ -352,6 +352,8 @@ def test_a_forget_request_is_detected_planned_applied_verified_and_the_model_ref
     ("verify.max_canaries_changed=2", "verify.max_canaries_changed must be in [0, 1]"),
     ("chat.knowledge.references=0", "chat.knowledge.references must be >= 1"),
     ("+chat.knowledge.threshold=-1", "unknown chat.knowledge setting(s) ['threshold']; valid: enabled, references"),
+    ("chat.confirm_below=high", "chat.confirm_below must be a number >= 0 (0: act on every detection; above 1: ask "
+                                "about every one), got 'high'"),
 ])
 def test_bad_verification_and_knowledge_settings_fail_before_the_patient_loads(chat_cfg, override, message):
     with pytest.raises(ValueError, match=re.escape(message)):

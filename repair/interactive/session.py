@@ -438,6 +438,10 @@ def open_session(cfg: DictConfig, out_dir: str | Path | None = None, chat_model:
     start(cfg)
     Budget.from_cfg(OmegaConf.to_container(cfg.verify, resolve=True))  # bad settings fail before the slow steps
     KnowledgeSettings.from_cfg(plain(cfg.chat.knowledge))
+    confirm = cfg.chat.confirm_below
+    if isinstance(confirm, bool) or not isinstance(confirm, (int, float)) or confirm < 0:
+        raise ValueError(f"chat.confirm_below must be a number >= 0 (0: act on every detection; above 1: ask about "
+                         f"every one), got {confirm!r}")
     build_method(cfg.method)
     t0 = time.perf_counter()
     recipe = implant_recipe(cfg)
