@@ -512,6 +512,30 @@ def test_canaries_ask_every_retained_person_once_namesakes_first():
     assert [q.subject for q in picked] == ["Ann Lee", "Cy Lee", "Bo Ek", "Di Fox", "Ann Lee"]
     assert pick_canaries(retain, "Ed Lee", 5, seed=0) == picked  # deterministic
     assert "Bo Ek" not in {q.subject for q in pick_canaries(retain, "Bo Ek", 8)}
+    asked = lambda subject: {q.subject: q.question for q in pick_canaries(retain, subject, 4)}  # noqa: E731
+    assert asked("Ed Lee")["Di Fox"] == asked("Bo Ek")["Di Fox"]  # the same question whoever the subject
+
+
+def test_canary_answers_are_reused_while_the_weights_stay_as_they_are(session_for, monkeypatch):
+    """A kept edit's after-answers are the next request's before-answers; a revert forgets them."""
+    import repair.interactive.session as chat_session
+
+    answer_all, asked = chat_session.answer_all, []
+
+    def counting(patient, probes, paraphrases, canaries, max_new_tokens):
+        asked.append(len(canaries))
+        return answer_all(patient, probes, paraphrases, canaries, max_new_tokens)
+
+    monkeypatch.setattr(chat_session, "answer_all", counting)
+    session = session_for(*TINY_EDIT, *LOOSE)
+    others = list(dict.fromkeys(q.subject for q in session.task.retain))
+    first = session.handle(f"Please forget everything you know about {SUBJECT}.")
+    assert first.kind == "applied", first.text
+    second = session.handle(f"Please forget everything you know about {others[0]}.")
+    assert second.kind in ("applied", "rolled_back", "already_refuses"), second.text
+    assert asked[0] > 0 and asked[2] < asked[0]  # before, after, before (reused), ...
+    session.handle("/undo")
+    assert session.canary_answers == {}
 
 
 def test_failed_verification_rolls_back_and_tells_the_user(session_for, monkeypatch):

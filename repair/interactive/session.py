@@ -85,6 +85,7 @@ class RepairSession:
         self.progress: Callable[[str], None] = lambda line: None  # where a long step says what it is doing
         self.method_state: dict = {}  # what methods keep across this session's requests (Method.prepare)
         self.pending: ForgetRequest | None = None  # a request the watchdog was unsure of, until the user says yes
+        self.canary_answers: dict[str, str] = {}  # canary question → answer, valid for the weights as they are now
         self.knowledge = KnowledgeCheck(patient, task, KnowledgeSettings.from_cfg(plain(cfg.chat.knowledge)),
                                         self.person_probes, self.budget.max_new_tokens, ledger.folder / "knowledge.json")
 
@@ -217,7 +218,10 @@ class RepairSession:
         self.progress(f"Forgetting {plan.target}: asking {len(plan.probes)} probes, {len(plan.paraphrases)} "
                       f"paraphrases and {len(canaries)} canary questions first …")
         t0 = time.perf_counter()
-        before = answer_all(self.patient, plan.probes, plan.paraphrases, canaries, self.budget.max_new_tokens)
+        asked = [c for c in canaries if c.question not in self.canary_answers]  # the rest: same weights, same answers
+        before = answer_all(self.patient, plan.probes, plan.paraphrases, asked, self.budget.max_new_tokens)
+        self.canary_answers |= {c.question: a for c, a in zip(asked, before.canaries)}
+        before.canaries = [self.canary_answers[c.question] for c in canaries]
         latency["answers_before"] = time.perf_counter() - t0
         entry: dict[str, Any] = {"request": _request_dict(request) if request else None, "target": plan.target,
                                  "plan": plan.model_dump()}
@@ -283,6 +287,7 @@ class RepairSession:
         t0 = time.perf_counter()
         entry_id = self.ledger.add(entry | {"latency_s": latency}, patch, "active")
         self.active.append((entry_id, patch))
+        self.canary_answers = {c.question: a for c, a in zip(canaries, after.canaries)}  # the weights changed
         latency["ledger"] = time.perf_counter() - t0
         latency["total"] = time.perf_counter() - started
         self.ledger.update(entry_id, latency_s=latency)
@@ -308,6 +313,7 @@ class RepairSession:
         for _, p in later:
             p.apply(self.patient.model)
         del self.active[k]
+        self.canary_answers = {}
         self.ledger.set_status(entry_id, "reverted", reapplied_after=[i for i, _ in later])
         latency = {"revert": time.perf_counter() - t0}
         plan = self.ledger.get(entry_id)["plan"]
@@ -354,6 +360,7 @@ class RepairSession:
             if entry["status"] == "active" and patch is not None:
                 patch.apply(self.patient.model)
                 self.active.append((entry_id, patch))
+                self.canary_answers = {}
                 applied.append(f"{entry_id} {entry['target']}")
         return Reply("repair", f"Imported {len(added)} ledger entries from {path}; applied: "
                      f"{'; '.join(applied) or 'none (no active edit in the bundle)'}.", "command")

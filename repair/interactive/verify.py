@@ -84,14 +84,15 @@ class Verification:
 def pick_canaries(retain: Sequence[QA], subject: str, n: int, seed: int = 0) -> list[QA]:
     """`n` retain questions about other subjects. People who share a name part with `subject` come first (the edit
     is keyed on its tokens, so they are the likeliest to be hit); then one question per person in turn, attributes
-    shuffled, so every retained person is asked once before anyone is asked twice. Deterministic for a seed."""
-    rng = random.Random(seed)
+    shuffled per person, so every retained person is asked once before anyone is asked twice, and a person is asked
+    the same question whoever the subject is (the session reuses canary answers while the weights stay as they are).
+    Deterministic for a seed."""
     groups: dict[str, list[QA]] = {}
     for q in retain:
         if not (subject and (q.subject == subject or subject in q.question)):
             groups.setdefault(q.subject, []).append(q)
-    for questions in groups.values():
-        rng.shuffle(questions)
+    for person, questions in groups.items():  # each person's order whatever the subject: the session reuses answers
+        random.Random(f"{seed}:{person}").shuffle(questions)
     parts = set(subject.lower().split())
     people = sorted(groups, key=lambda s: not parts & set(s.lower().split()))  # stable: task order otherwise
     picked: list[QA] = []
