@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 
-from repair.generation import generate
 from repair.interactive.session import open_session
 from repair.io import replace_section
 from repair.setup import compose
@@ -62,8 +61,7 @@ def main() -> None:
         edits = refused = borrowed = guessed = 0
         scores = []
         for subject in subjects:
-            probes = session.person_probes(subject)
-            answers = generate(session.patient, probes, max_new_tokens=session.budget.max_new_tokens, desc="probes")
+            probes, answers = check.ask(subject)
             t0 = time.perf_counter()
             if all(map(is_refusal, answers)):
                 known, reason = False, "refuses every probe"

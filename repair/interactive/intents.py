@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 DATA_FILE = Path(__file__).resolve().parent / "data" / "intents.jsonl"
 SPLITS = ("train", "heldout")
+EVAL_FILE = DATA_FILE.parent / "watchdog_eval.jsonl"  # hand-written, never generated or trained on (#20)
+EVAL_SLICES = ("short_en", "long", "multilingual", "indirect", "trigger_negatives")
 SEED = 7
 
 # -------------------------------------------------------------------------------------------- what is forgotten
@@ -622,6 +624,12 @@ def load(split: str | None = None, path: str | Path = DATA_FILE) -> list[Intent]
             except (json.JSONDecodeError, TypeError) as err:
                 raise ValueError(f"{path}:{n}: not an intent record ({err})") from err
     return [x for x in items if split is None or x.split == split]
+
+
+def load_eval(path: str | Path = EVAL_FILE) -> list[dict]:
+    """The hand-written evaluation set: text, label, slice (one of EVAL_SLICES), lang, and kind/target of requests."""
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 def write(items: list[Intent], path: str | Path = DATA_FILE) -> None:

@@ -23,9 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-import torch
-
-from repair.data import answer_token_logprobs, collate, encode
+from repair.attacks.common import answer_logprobs
 from repair.generation import generate
 from repair.io import write_json
 from repair.patient import Patient
@@ -87,18 +85,10 @@ def _finite(x: float) -> float | None:
     return round(x, 4) if math.isfinite(x) else None
 
 
-@torch.no_grad()
-def answer_confidence(patient: Patient, questions: Sequence[str], answers: Sequence[str],
-                      batch_size: int = 16) -> list[float]:
+def answer_confidence(patient: Patient, questions: Sequence[str], answers: Sequence[str]) -> list[float]:
     """Each answer's lowest token log-probability given its question (teacher-forced, closing token included)."""
-    items = [QA(q, a) for q, a in zip(questions, answers)]
-    out: list[float] = []
-    for start in range(0, len(items), batch_size):
-        chunk = items[start:start + batch_size]
-        batch = collate(encode(patient.tokenizer, chunk), patient.tokenizer.pad_token_id, patient.device)
-        logprobs, rows = answer_token_logprobs(patient.model, batch)
-        out += [float(logprobs[rows == r].min()) if bool((rows == r).any()) else -math.inf for r in range(len(chunk))]
-    return out
+    return [float(lp.min()) if len(lp) else -math.inf
+            for lp in answer_logprobs(patient, [QA(q, a) for q, a in zip(questions, answers)])]
 
 
 def fact_owners(task: Task) -> dict[str, set[str]]:
@@ -140,9 +130,6 @@ class KnowledgeCheck:
     def available(self) -> bool:
         taught, unseen = self.references()
         return self.settings.enabled and bool(taught) and bool(unseen) and bool(self.owners)
-
-    def probe_values(self, subject: str, probes: Sequence[str], answers: Sequence[str]) -> list[dict]:
-        return self._rows(subject, probes, answers, answer_confidence(self.patient, probes, answers))
 
     def _rows(self, subject: str, probes: Sequence[str], answers: Sequence[str],
               confidence: Sequence[float]) -> list[dict]:
@@ -194,6 +181,11 @@ class KnowledgeCheck:
             write_json(self.cache_file, self._calibration)
         return self._calibration
 
+    def ask(self, subject: str) -> tuple[list[str], list[str]]:
+        """The probes about `subject` and the patient's answers to them now (as a forget request would ask)."""
+        probes = self.probes_for(subject)
+        return probes, generate(self.patient, probes, max_new_tokens=self.max_new_tokens, desc="probes")
+
     def assess(self, subject: str, probes: Sequence[str], answers: Sequence[str]) -> Assessment | None:
         """None where the check cannot tell (turned off, no references in the task, or references that overlap)."""
         if not self.available:
@@ -201,7 +193,7 @@ class KnowledgeCheck:
         calibration = self.calibration()
         if not calibration["separable"]:
             return None
-        rows = self.probe_values(subject, probes, answers)
+        rows = self._rows(subject, probes, answers, answer_confidence(self.patient, probes, answers))
         score = self.score(rows)
         return Assessment(score >= calibration["threshold"], score, calibration["threshold"],
                           sorted(rows, key=lambda r: r["value"]))

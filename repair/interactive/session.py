@@ -343,8 +343,7 @@ class RepairSession:
     def knows(self, name: str) -> str:
         """The probe questions about `name`, answered by the patient as it is now, and whether that is knowledge."""
         name = name.strip(" ?!.\"'")
-        probes = self.person_probes(name)
-        answers = generate(self.patient, probes, max_new_tokens=self.knowledge.max_new_tokens, desc="knows")
+        probes, answers = self.knowledge.ask(name)
         knowledge = self.knowledge.assess(name, probes, answers)
         verdict = ("" if knowledge is None else
                    f"\nVerdict: the model knows {name} (confidence {knowledge.score:.2f} ≥ {knowledge.threshold:.2f})."
