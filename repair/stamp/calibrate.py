@@ -16,7 +16,9 @@ from repair.patches import Delta, Patch, PatchRejected
 from repair.patient import Patient
 from repair.progress import Phases
 from repair.refusal import last_logits_only
+from repair.stamp.erase import Erasure, position_scores
 from repair.stamp.keys import KeyCache
+from repair.stamp.replay import LowerLayers
 from repair.stamp.settings import StampSettings
 from repair.tasks import QA
 from repair.tasks.choice import parse_choice
@@ -26,7 +28,8 @@ from repair.tasks.refusals import is_refusal
 def apply_calibrated(patient: Patient, settings: StampSettings, deltas: list[Delta], provenance: dict,
                      forget: Sequence[QA], f_texts: Sequence[str], retain_buffer: Sequence[QA], openers: list[int],
                      before_logits: torch.Tensor | None, cache: KeyCache, phase: Phases,
-                     lower: LowerLayers | None = None) -> tuple[Patch, list[dict]]:
+                     lower: LowerLayers | None = None, erasure: Erasure | None = None,
+                     columns: Sequence[torch.Tensor] | None = None) -> tuple[Patch, list[dict]]:
     """Apply the edit; with `calibrate` (readout target), find for *each* forget prompt the smallest strength at
     which it opens with a refusal token by `calibrate_margin` nats: per-prompt secant steps on that logit gap
     (close to linear in the strength), from the unedited patient and the configured strength, at most
@@ -40,15 +43,19 @@ def apply_calibrated(patient: Patient, settings: StampSettings, deltas: list[Del
     strength 15 and cost forget and retain answers alike.) Why per prompt: the push needed differs by request
     and by question (measured: pii's 8 questions need 1.2–7.9, one question alone ~10–13), and every extra unit
     of push on a question that already refuses costs retain answers (harmful: 68.9% of retain answers kept with
-    one strength for all, 97.8% per prompt; docs/stamp.md). Timed by `phase`: apply (patch swaps), calibration
-    passes, answer check, buffer check."""
+    one strength for all, 97.8% per prompt; docs/stamp.md). The erase's columns (`erasure`, after the forget
+    prompts') are calibrated next, per fact (`calibrate_erase`). Timed by `phase`: apply (patch swaps), calibration
+    passes, erase passes, answer check, buffer check."""
     alpha = float(provenance["strength"])
     calibrate = settings.calibrate and provenance["target"] == "refusal_readout"
     factor, ceiling = settings.calibrate_factor, settings.max_strength
     bound = settings.max_relative_norm
 
-    def scaled(scales: torch.Tensor) -> Patch:  # one scale per forget key (column of the left factor)
-        return Patch([Delta(d.parameter, d.left * scales.to(d.left.dtype), d.right, d.transposed) for d in deltas],
+    columns = columns or [torch.arange(d.left.shape[1]) for d in deltas]
+
+    def scaled(scales: torch.Tensor) -> Patch:  # one scale per forget key (column of the left factors)
+        return Patch([Delta(d.parameter, d.left * scales[c].to(d.left.dtype), d.right, d.transposed)
+                      for d, c in zip(deltas, columns)],
                      {**provenance, "strength": alpha * float(scales.max()),
                       "strengths": [round(alpha * float(x), 4) for x in scales]})
 
@@ -62,7 +69,7 @@ def apply_calibrated(patient: Patient, settings: StampSettings, deltas: list[Del
         with phase("buffer_check"):
             return next_tokens(patient, held)
 
-    n = deltas[0].left.shape[1] if deltas else 1
+    n = max(int(c.max()) + 1 for c in columns) if deltas else 1
     before = cache.get("buffer_openers", patient, [], held, buffer_openers, phase=phase)
     scales = torch.ones(n, dtype=torch.float64)
     with phase("apply"):
@@ -95,6 +102,9 @@ def apply_calibrated(patient: Patient, settings: StampSettings, deltas: list[Del
         patch, scales = swap(patch, scales, best)
     gap = next(float(g.min()) for t, g in tried if torch.equal(t, scales))
     steps.append({"strength": alpha * float(scales.max()), "refusal_gap": gap, "chosen": True})
+    if erasure is not None:  # before the answer check, which then sees the erase's effect on the answers too
+        patch, scales, erased = calibrate_erase(patient, settings, erasure, patch, scales, len(f_texts), swap, phase)
+        steps += erased
     picked = [parse_choice(patient.tokenizer.decode([int(t)]), q.choices) if q.choices else None
               for t, q in zip(answers, forget)]  # the option each multiple-choice answer began with
     for _ in range(settings.calibrate_checks):  # it opens with a refusal token; is it a refusal?
@@ -102,7 +112,7 @@ def apply_calibrated(patient: Patient, settings: StampSettings, deltas: list[Del
             said = generate_prompts(patient, f_texts, settings.check_tokens, desc="check",
                                     decided=lambda i, text: not forget[i].choices and is_refusal(text))
         failing = torch.tensor([parse_choice(a, q.choices) == p if q.choices else not is_refusal(a)
-                                for a, q, p in zip(said, forget, picked)])
+                                for a, q, p in zip(said, forget, picked)] + [False] * (n - len(f_texts)))
         raised = torch.where(failing, (scales * factor).clamp(max=top), scales)
         if torch.equal(raised, scales):
             break
@@ -120,6 +130,57 @@ def apply_calibrated(patient: Patient, settings: StampSettings, deltas: list[Del
                     break
             steps.append({"strength": alpha * float(scales.max()), "stepped_back": True})
     return patch, steps
+
+
+def calibrate_erase(patient: Patient, settings: StampSettings, erasure: Erasure, patch: Patch, scales: torch.Tensor,
+                    first: int, swap, phase: Phases) -> tuple[Patch, torch.Tensor, list[dict]]:
+    """Per fact, the smallest push of its erase columns (from column `first` on) that meets `erase_goal`: the fact's
+    first token `erase_margin` nats below the best other token (`gap`), or the fact's NLL under teacher forcing up
+    to the never-known references' NLL of the same fact less `erase_margin` (`nll`). Secant steps on (scale, value)
+    from the unedited patient (scale 0) and the configured strength, at most `calibrate_steps` passes over the
+    forget items' reference answers, up to `erase_max_strength`."""
+    owner = torch.full(scales.shape, -1)  # per column: its fact, or -1 for a forget prompt's column
+    owner[first:] = torch.tensor(erasure.owner)
+    by_gap = settings.erase_goal == "gap"
+    goal = ([settings.erase_margin] * len(erasure.items) if by_gap
+            else [r - settings.erase_margin for r in erasure.reference_nll])
+    top = settings.erase_max_strength / settings.erase_strength
+    item = [float(scales[owner == i].max()) for i in range(len(erasure.items))]
+    points = [[(0.0, x)] for x in erasure.before[1 if by_gap else 0]]
+    steps, previous = [], None
+    n = len(erasure.texts)
+    for _ in range(settings.calibrate_steps):
+        with phase("erase_passes"):  # the forget facts, and the buffer's (still given greedily?)
+            nll, gap = position_scores(patient, erasure.texts + erasure.buffer_texts,
+                                       erasure.positions + erasure.buffer_positions, replay=erasure.lower)
+        lost = sum(g >= 0 > b for g, b in zip(gap[n:], erasure.buffer_gaps))
+        nll, gap = nll[:n], gap[:n]
+        value = gap if by_gap else nll
+        steps.append({"erase_strength": [round(settings.erase_strength * x, 3) for x in item],
+                      "fact_nll": [round(x, 3) for x in nll], "fact_gap": [round(x, 3) for x in gap],
+                      "buffer_facts_lost": lost})
+        if lost and previous is not None:  # the last raise cost a buffer fact: back to the scales before it
+            patch, scales = swap(patch, scales, previous)
+            steps.append({"erase_stepped_back": True})
+            break
+        new = list(item)
+        for i, (x, v) in enumerate(zip(item, value)):
+            points[i].append((x, v))
+            if v >= goal[i] or x >= top - 1e-9:
+                continue
+            (s0, g0), (s1, g1) = points[i][-2:]
+            step = s0 + (goal[i] + 0.25 - g0) * (s1 - s0) / (g1 - g0) if g1 > g0 + 1e-6 else x * settings.calibrate_factor
+            new[i] = min(max(step, x * 1.1), x * 4, top)
+        if new == item:
+            break
+        wanted = scales.clone()
+        for i, x in enumerate(new):
+            wanted[owner == i] = x
+        patch, got = swap(patch, scales, wanted)
+        if torch.equal(got, scales):
+            break  # past the norm bound
+        previous, scales, item = scales, got, new
+    return patch, scales, steps
 
 
 def rescale(patient: Patient, patch: Patch, scaled, scale: torch.Tensor, new: torch.Tensor, bound
@@ -156,61 +217,6 @@ def last_logits(patient: Patient, texts: Sequence[str], batch_size: int = 16, ke
                       add_special_tokens=False).to(patient.device)
             out.append(patient.model(**enc, **last_logits_only(patient.model)).logits[:, -1].float().cpu())
     return torch.cat(out) if out else torch.zeros(0, 0)
-
-
-class LowerLayers:
-    """What the layers below the first edited one output on a set of prompts, per batch of `last_logits`. The
-    calibration edits only layers from `first` up, so the layers below compute the same on every pass: replaying
-    their output runs only the edited layers (16 of the default patient's 30), with the same logits bit for bit."""
-
-    def __init__(self, first: int, container: torch.nn.ModuleList):
-        self.first, self.container, self.outputs = first, container, []
-
-    @classmethod
-    def of(cls, patient: Patient, first: int) -> "LowerLayers | None":
-        """None where there is nothing to replay (the first layer is edited) or the `layers` module template does
-        not name a ModuleList entry (`....{}`): passes then run whole."""
-        template = patient.modules["layers"]
-        if first <= 0 or not template.endswith(".{}"):
-            return None
-        container = patient.model.get_submodule(template[:-3])
-        return cls(first, container) if isinstance(container, torch.nn.ModuleList) else None
-
-    @contextlib.contextmanager
-    def kept(self):
-        self.outputs.clear()
-        hook = self.container[self.first - 1].register_forward_hook(
-            lambda module, inputs, output: self.outputs.append(output.detach()))
-        try:
-            yield
-        finally:
-            hook.remove()
-
-    @contextlib.contextmanager
-    def replayed(self):
-        originals = [self.container[i] for i in range(self.first)]
-        state = {"batch": -1}
-        for i in range(self.first):
-            self.container[i] = _Replay(self.outputs, state, advance=i == 0)
-        try:
-            yield
-        finally:
-            for i, module in enumerate(originals):
-                self.container[i] = module
-
-
-class _Replay(torch.nn.Module):
-    """A layer below the edited ones: returns the kept output of the last such layer for the current batch (the
-    first one advances the batch)."""
-
-    def __init__(self, outputs: list[torch.Tensor], state: dict, advance: bool):
-        super().__init__()
-        self.outputs, self.state, self.advance = outputs, state, advance
-
-    def forward(self, hidden_states, *args, **kwargs):
-        if self.advance:
-            self.state["batch"] += 1
-        return self.outputs[self.state["batch"]]
 
 
 def next_tokens(patient: Patient, texts: Sequence[str]) -> list[int]:

@@ -204,6 +204,38 @@ def forget_prompts(patient: Patient, settings: StampSettings, forget: Sequence[Q
     return subject_spans(patient, forget, [q.subject for q in forget], settings.span_tokens)
 
 
+SYSTEM_PROMPTS = ("You are a helpful assistant.", "Answer the user's questions accurately and briefly.")
+
+
+def in_contexts(patient: Patient, settings: StampSettings, forget: Sequence[QA], retain_buffer: Sequence[QA]
+                ) -> tuple[list[QA], Prompts]:
+    """The forget questions again inside other contexts (`forget_contexts`), each keyed at its answer start: after one
+    turn of the retain buffer (`turn`), or under a system prompt (`system`). Without them the refusal is learned for
+    the question as the first turn only, and a question asked after earlier turns got its answer back (measured:
+    docs/attacks.md). The contexts are the edit's own: one buffer turn, never the attacks' two-turn or three-shot
+    prompts. Returns the forget item of each prompt, and the prompts. A chat template without a system role skips
+    that kind."""
+    tok = patient.tokenizer
+    items, texts = [], []
+    for kind in settings.forget_contexts:
+        for i, q in enumerate(forget):
+            if kind == "turn":
+                if not retain_buffer:
+                    continue
+                shot = retain_buffer[i % len(retain_buffer)]
+                before = [{"role": "user", "content": shot.question}, {"role": "assistant", "content": shot.answer}]
+            else:
+                before = [{"role": "system", "content": SYSTEM_PROMPTS[i % len(SYSTEM_PROMPTS)]}]
+            try:
+                text = tok.apply_chat_template(before + [{"role": "user", "content": q.question}], tokenize=False,
+                                               add_generation_prompt=True)
+            except Exception:  # a template without a system role (Gemma): raises
+                break
+            items.append(q)
+            texts.append(text)
+    return items, (texts, [token_positions(tok, t, last=1) for t in texts])
+
+
 def held_retain(patient: Patient, settings: StampSettings, items: Sequence[QA]) -> Prompts:
     """Retain-buffer positions held in place: the subject span, or (answer_start) every prompt and answer token,
     since an answer-start edit could otherwise fire in the middle of a retain answer."""

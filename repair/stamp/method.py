@@ -19,10 +19,12 @@ from repair.patient import Patient
 from repair.progress import Phases
 from repair.refusal import activations_at
 from repair.stamp.calibrate import LowerLayers, apply_calibrated, last_logits
-from repair.stamp.keys import KeyCache, References, counterfactuals, forget_prompts, held_system, solve_space
+from repair.stamp.erase import Erasure, build_erasure
+from repair.stamp.keys import (KeyCache, References, add_contrasts, counterfactuals, forget_prompts, held_system,
+                               in_contexts, solve_space)
 from repair.stamp.settings import StampLowRankSettings, StampSettings
 from repair.stamp.solve import HeldGram, full_solve, lowrank_solve, top_directions
-from repair.stamp.targets import LayerChoice, choose_layers, layer_target, readout_directions, refusal_openers
+from repair.stamp.targets import choose_layers, layer_target, readout_directions, refusal_openers
 from repair.tasks import QA, Task
 
 log = logging.getLogger(__name__)
@@ -47,9 +49,14 @@ class Edit:
     layers: list[int]
     separation: dict[int, float]
     forget_texts: list[str]
+    forget_items: list[QA]  # the forget item of each prompt (a question also appears inside other contexts)
     openers: list[int] = field(default_factory=list)
     forget_logits: torch.Tensor | None = None  # the unedited next-token logits of the forget prompts
     lower: LowerLayers | None = None  # what the unedited layers below the edited ones output on them
+    erasure: Erasure | None = None  # the fact erase's part (its columns follow the forget prompts')
+    erase_per_layer: dict[int, dict[str, Any]] = field(default_factory=dict)  # the same for the erase's deltas
+    columns: list[torch.Tensor] = field(default_factory=list)  # per delta: the strengths (forget prompts, then
+                                                               # erase keys) its factor columns are scaled by
     phases: Phases = field(default_factory=Phases)  # wall seconds per phase, fit and apply
 
 
@@ -79,9 +86,13 @@ class Stamp(MethodBase):
         phase = Phases()
         with phase("forget_keys"):  # and the layer choice, which reads them
             f_texts, f_pos = forget_prompts(patient, s, forget)
+            f_items = list(forget)
+            if s.keys == "answer_start" and s.forget_contexts:
+                more, (c_texts, c_pos) = in_contexts(patient, s, forget, retain_buffer)
+                f_items, f_texts, f_pos = f_items + more, f_texts + c_texts, f_pos + c_pos
             if s.target in ("unknown", "direction"):  # aligns f_pos with the counterfactual spans
                 u_texts, u_pos = counterfactuals(patient, s, forget, f_pos, self.refs)
-            choice = choose_layers(patient, s, forget, f_texts, f_pos)
+            choice = choose_layers(patient, s, f_items, f_texts, f_pos)
         layers = choice.layers
         u_acts, openers, f_logits, readout, lower = None, [], None, None, None
         if s.target in ("unknown", "direction"):
@@ -90,27 +101,50 @@ class Stamp(MethodBase):
         if s.target == "refusal_readout":  # openers and the unedited next-token logits: readout and calibration
             with phase("forget_logits"):
                 openers = refusal_openers(patient.tokenizer, s.num_refusals,
-                                          multiple_choice=any(q.choices for q in forget))
+                                          multiple_choice=any(q.choices for q in f_items))
                 lower = LowerLayers.of(patient, min(layers))  # the calibration passes replay the layers below
                 f_logits = last_logits(patient, f_texts, keep=lower)
                 readout = readout_directions(patient, openers, f_logits)
         held = held_system(patient, s, layers, forget, retain_buffer, self.refs, self.cache, phase)
-
+        device, dtype = solve_space(patient, s)
+        keyed = {}
+        for layer in layers:
+            k_f, v_f = choice.forget_acts[layer]
+            t = layer_target(s, layer, v_f, len(layers), readout, u_acts, choice.subspace)
+            if s.target == "refusal_readout":  # a residual-stream push: through a norm after the MLP, if any
+                t = through_output_norm(patient, layer, v_f, t)
+            keyed[layer] = (k_f, t)
+        n_r = len(f_texts)
         with phase("solve"):
-            deltas, per_layer, rank, width = self.solve(patient, choice, held, readout, u_acts)
+            deltas, per_layer, rank, width = self.solve(patient, keyed, held, choice.separation)
+        columns = [torch.arange(n_r)] * len(deltas)
+        erasure, erase_layer_stats = None, {}
+        if s.erase and s.target == "refusal_readout":
+            with phase("erase_keys"):
+                erasure = build_erasure(patient, s, forget, layers, self.refs, retain_buffer)
+        if erasure is not None:  # its own solve at the same layers: its keys, held as the rest plus the references
+            erase_held = {l: add_contrasts(held[l], *(x.to(device=device, dtype=dtype) for x in erasure.held[l]),
+                                           s.contrast_weight) for l in layers}
+            with phase("solve"):
+                erase_deltas, erase_layer_stats, _, _ = self.solve(
+                    patient, {l: (erasure.keys[l], erasure.targets[l]) for l in layers}, erase_held, {})
+            deltas += erase_deltas
+            columns += [torch.arange(n_r, n_r + len(erasure.owner))] * len(erase_deltas)
         provenance = {"method": self.name, "forget": [q.question for q in forget], "layers": layers,
                       "target": s.target, "keys": s.keys, "strength": s.strength,
-                      "rank": min(rank, width) if self.lowrank else None}
+                      "rank": min(rank, width) if self.lowrank else None,
+                      "erase": {"facts": len(erasure.items), "keys": len(erasure.owner)} if erasure else None}
         if self.lowrank and rank > width:
             provenance["rank_requested"] = rank
-        return Edit(deltas, provenance, per_layer, layers, choice.separation, f_texts, openers, f_logits, lower, phase)
+        return Edit(deltas, provenance, per_layer, layers, choice.separation, f_texts, f_items, openers, f_logits, lower,
+                    erasure=erasure, erase_per_layer=erase_layer_stats, columns=columns, phases=phase)
 
-    def solve(self, patient: Patient, choice: LayerChoice, held: dict[int, dict], readout: torch.Tensor | None, u_acts: dict | None
-              ) -> tuple[list[Delta], dict[int, dict], int, int]:
-        """Per edited layer, the closed-form edit as factors (one column per forget key) and what it does to the
-        keys; also the rank solved at and the narrowest key width."""
+    def solve(self, patient: Patient, keyed: dict[int, tuple[torch.Tensor, torch.Tensor]], held: dict[int, dict],
+              separation: dict[int, float]) -> tuple[list[Delta], dict[int, dict], int, int]:
+        """Per edited layer, the closed-form edit of its keys to their targets (`keyed`) as factors (one column per
+        key) and what it does to the keys; also the rank solved at and the narrowest key width."""
         s = self.settings
-        layers = choice.layers
+        layers = sorted(keyed)
         rank = self.settings.rank if self.lowrank else 0
         width = min(held[layer]["gram"].width for layer in layers)
         if self.lowrank and rank > width:  # the key space has only `width` dimensions: that is the rank solved at
@@ -119,11 +153,7 @@ class Stamp(MethodBase):
         device, dtype = solve_space(patient, s)
         deltas, per_layer = [], {}
         for layer in layers:
-            k_f, v_f = choice.forget_acts[layer]
-            t = layer_target(s, layer, v_f, len(layers), readout, u_acts, choice.subspace)
-            if s.target == "refusal_readout":  # a residual-stream push: through a norm after the MLP, if any
-                t = through_output_norm(patient, layer, v_f, t)
-            k_f, t = k_f.to(device=device, dtype=dtype), t.to(device=device, dtype=dtype)
+            k_f, t = (x.to(device=device, dtype=dtype) for x in keyed[layer])
             h = held[layer]
             gram = HeldGram(h["gram"].static.to(device), h["gram"].extra)  # one copy where it is kept in host memory
             if self.lowrank:
@@ -136,7 +166,7 @@ class Stamp(MethodBase):
                 left, right = full_solve(k_f, t, gram, s.eps)
             del gram
             per_layer[layer] = {
-                "separation": choice.separation.get(layer),
+                "separation": separation.get(layer),
                 "weight_norm": float(patient.module("mlp_down", layer).weight.detach().norm()),
                 "forget_residual": float(((k_f @ right.T) @ left.T - t).norm() / t.norm().clamp_min(1e-12)),
                 "retain_shift": float(((h["keys"] @ right.T) @ left.T).norm()) / max(h["values_sq"], 1e-24) ** 0.5
@@ -151,8 +181,9 @@ class Stamp(MethodBase):
               ) -> tuple[Patch, list[dict]]:
         """Put the edit on the weights, each forget prompt at its calibrated strength (repair/stamp/calibrate.py);
         returns the applied patch and the calibration's steps."""
-        return apply_calibrated(patient, self.settings, edit.deltas, edit.provenance, forget, edit.forget_texts,
-                                retain_buffer, edit.openers, edit.forget_logits, self.cache, edit.phases, edit.lower)
+        return apply_calibrated(patient, self.settings, edit.deltas, edit.provenance, edit.forget_items, edit.forget_texts,
+                                retain_buffer, edit.openers, edit.forget_logits, self.cache, edit.phases, edit.lower,
+                                edit.erasure, edit.columns)
 
     def check_edit(self, patient: Patient, patch: Patch, edit: Edit) -> None:
         """An edit that changes nothing is an error, never a success: its norm is ~0 at every layer (the forget keys
@@ -183,14 +214,20 @@ class Stamp(MethodBase):
         self.cache.reset()
         edit = self.fit(patient, forget, retain_buffer)
         patch, calibration = self.apply(patient, edit, forget, retain_buffer)
-        for stats, delta in zip(edit.per_layer.values(), patch.deltas):  # norms at the applied strengths
-            stats["relative_norm"] = delta.norm() / stats.pop("weight_norm")
+        stats = [*edit.per_layer.values(), *edit.erase_per_layer.values()]
+        for layer_stats, delta in zip(stats, patch.deltas):  # norms at the applied strengths
+            layer_stats["relative_norm"] = delta.norm() / layer_stats.pop("weight_norm")
         self.check_edit(patient, patch, edit)
         log.info("%s edited layers %s at strength %.3g: %s", self.name, edit.layers, patch.provenance["strength"],
                  ", ".join(f"L{l} ‖ΔW‖/‖W‖={s['relative_norm']:.3f} res={s['forget_residual']:.3f}"
                            for l, s in edit.per_layer.items()))
         log.info("%s phases: %s", self.name, edit.phases.summary())
+        if edit.erasure is not None:
+            log.info("%s erase at layers %s: %s", self.name, list(edit.erase_per_layer),
+                     ", ".join(f"L{l} ‖ΔW‖/‖W‖={s['relative_norm']:.3f} res={s['forget_residual']:.3f}"
+                               for l, s in edit.erase_per_layer.items()))
         report = {"layers": edit.layers, "separation": edit.separation, "per_layer": edit.per_layer,
+                  "erase_per_layer": edit.erase_per_layer,
                   "phases": edit.phases.seconds, "key_cache": self.cache.counts, "calibration": calibration,
                   "patch": patch.provenance}
         return Unlearned(report, patch)

@@ -41,6 +41,14 @@ class StampSettings(MethodSettings):
     store_keys: bool
     precision: Literal["float32", "float64"]
     gram_budget_gb: float | None
+    forget_contexts: list[Literal["turn", "system"]]
+    erase: bool
+    erase_references: int
+    erase_strength: float
+    erase_margin: float
+    erase_max_strength: float
+    erase_goal: Literal["gap", "nll"]
+    erase_positions: Literal["all", "first"]
     seed: int
 
     def check(self) -> None:
@@ -48,13 +56,14 @@ class StampSettings(MethodSettings):
             raise ValueError("method.target=refusal_readout goes with method.keys=answer_start (the readout is where "
                              "the answer begins); the other targets use method.keys=subject; got "
                              f"target={self.target!r}, keys={self.keys!r}")
-        for key in ("num_layers", "span_tokens", "num_refusals", "refusal_rank", "check_tokens"):
+        for key in ("num_layers", "span_tokens", "num_refusals", "refusal_rank", "check_tokens", "erase_references"):
             require(getattr(self, key) >= 1, f"method.{key}", getattr(self, key), "an integer >= 1")
         for key in ("calibrate_steps", "calibrate_checks", "contrast_prompts"):
             require(getattr(self, key) >= 0, f"method.{key}", getattr(self, key), "an integer >= 0")
-        for key in ("strength", "max_strength", "calibrate_factor", "eps"):
+        for key in ("strength", "max_strength", "calibrate_factor", "eps", "erase_strength",
+                    "erase_max_strength"):
             require(getattr(self, key) > 0, f"method.{key}", getattr(self, key), "a number > 0")
-        for key in ("retain_weight", "cov_weight", "contrast_weight"):
+        for key in ("retain_weight", "cov_weight", "contrast_weight", "erase_margin"):
             require(getattr(self, key) >= 0, f"method.{key}", getattr(self, key), "a number >= 0")
         require(0 <= self.contrast_neighbours <= 1, "method.contrast_neighbours", self.contrast_neighbours,
                 "a share in [0, 1]")
