@@ -178,7 +178,8 @@ def test_stamp_edit_maps_forget_keys_holds_retain_keys_and_reverts_exactly(make_
     reverts bit for bit and reloads."""
     patient, task = fresh_patient
     cfg = make_cfg(f"method={method}", "method.layers=[1]", "method.strength=1.0", "method.contrast_prompts=0",
-                   "method.calibrate=false",
+                   "method.calibrate=false", "method.erase=false",  # the plain question's own mapping
+                   "method.forget_contexts=[]",  # (contexts and erase: tests/test_stamp_erase.py)
                    "method.cov_weight=0.001", "method.eps=1e-6",  # generic keys loosely held: (nearly) exact
                    *(["method.rank=1000"] if method == "stamp_lowrank" else []))  # above the tiny MLP's width 256:
     # solved (and recorded) at rank 256

@@ -128,8 +128,9 @@ class Stamp(MethodBase):
             with phase("solve"):
                 erase_deltas, erase_layer_stats, _, _ = self.solve(
                     patient, {l: (erasure.keys[l], erasure.targets[l]) for l in layers}, erase_held, {})
-            deltas += erase_deltas
-            columns += [torch.arange(n_r, n_r + len(erasure.owner))] * len(erase_deltas)
+            deltas = [Delta(d.parameter, torch.cat([d.left, e.left], 1), torch.cat([d.right, e.right]), d.transposed)
+                      for d, e in zip(deltas, erase_deltas)]  # one delta per weight: the two edits' sum
+            columns = [torch.arange(n_r + len(erasure.owner))] * len(deltas)
         provenance = {"method": self.name, "forget": [q.question for q in forget], "layers": layers,
                       "target": s.target, "keys": s.keys, "strength": s.strength,
                       "rank": min(rank, width) if self.lowrank else None,
@@ -214,9 +215,15 @@ class Stamp(MethodBase):
         self.cache.reset()
         edit = self.fit(patient, forget, retain_buffer)
         patch, calibration = self.apply(patient, edit, forget, retain_buffer)
-        stats = [*edit.per_layer.values(), *edit.erase_per_layer.values()]
-        for layer_stats, delta in zip(stats, patch.deltas):  # norms at the applied strengths
-            layer_stats["relative_norm"] = delta.norm() / layer_stats.pop("weight_norm")
+        n_r = len(edit.forget_texts)
+        for stats, erase_stats, delta in zip(edit.per_layer.values(), [*edit.erase_per_layer.values()] or
+                                             [None] * len(patch.deltas), patch.deltas):  # at the applied strengths
+            weight = stats.pop("weight_norm")
+            stats["relative_norm"] = delta.norm() / weight
+            if erase_stats is not None:  # the erase's own columns, and the refusal's without them
+                erase_stats.pop("weight_norm")
+                erase_stats["relative_norm"] = Delta("", delta.left[:, n_r:], delta.right[n_r:]).norm() / weight
+                stats["refusal_relative_norm"] = Delta("", delta.left[:, :n_r], delta.right[:n_r]).norm() / weight
         self.check_edit(patient, patch, edit)
         log.info("%s edited layers %s at strength %.3g: %s", self.name, edit.layers, patch.provenance["strength"],
                  ", ".join(f"L{l} ‖ΔW‖/‖W‖={s['relative_norm']:.3f} res={s['forget_residual']:.3f}"
