@@ -238,7 +238,7 @@ def test_an_edit_that_changes_nothing_is_an_error(make_cfg, fresh_patient):
     patient, task = fresh_patient
     before = {k: v.clone() for k, v in patient.model.state_dict().items()}
     stamp = build_method(make_cfg("method=stamp", "method.strength=1e-9", "method.calibrate=false",
-                                  "method.contrast_prompts=8").method)
+                                  "method.contrast_prompts=8", "method.erase=false").method)
     stamp.prepare(task)
     with pytest.raises(EditFailed, match=r"its norm is ~0 at every edited layer"):
         stamp.unlearn(patient, task.forget, task.retain_buffer)
