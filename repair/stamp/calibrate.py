@@ -5,7 +5,6 @@ edit's left factor: a step swaps the applied patch for the same edit at other sc
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Sequence
 
 import torch
@@ -209,9 +208,7 @@ def last_logits(patient: Patient, texts: Sequence[str], batch_size: int = 16, ke
     """Next-token logits after each fully formatted prompt (n × vocab, float32 on CPU; left-padded batches). `keep`
     records what the layers below its first edited layer output; `replay` runs only the layers from there up."""
     out: list[torch.Tensor] = []
-    kept = keep.kept() if keep else contextlib.nullcontext()
-    replayed = replay.replayed() if replay else contextlib.nullcontext()
-    with padding_side(patient.tokenizer, "left") as tok, kept, replayed:
+    with padding_side(patient.tokenizer, "left") as tok, LowerLayers.around(keep, replay):
         for start in range(0, len(texts), batch_size):
             enc = tok(list(texts[start:start + batch_size]), return_tensors="pt", padding=True,
                       add_special_tokens=False).to(patient.device)

@@ -27,6 +27,14 @@ class LowerLayers:
         container = patient.model.get_submodule(template[:-3])
         return cls(first, container) if isinstance(container, torch.nn.ModuleList) else None
 
+    @staticmethod
+    @contextlib.contextmanager
+    def around(keep: "LowerLayers | None", replay: "LowerLayers | None"):
+        """A pass that records the lower layers' output (`keep`) or replays it (`replay`); either may be None."""
+        with (keep.kept() if keep else contextlib.nullcontext()), \
+                (replay.replayed() if replay else contextlib.nullcontext()):
+            yield
+
     @contextlib.contextmanager
     def kept(self):
         self.outputs.clear()
