@@ -54,13 +54,6 @@ def answer_logprobs(patient: Patient, items: Sequence[QA], batch_size: int = 16)
 def fact_nll(patient: Patient, items: Sequence[QA], batch_size: int = 16) -> float:
     """Mean negative log-likelihood of the facts' own tokens (the whole answer where an item has no fact): a
     graded view of recovery that moves before exact recall does, and that the answer's template cannot lower."""
-    values = fact_nlls(patient, items, batch_size)
-    return sum(values) / max(len(values), 1)
-
-
-@torch.no_grad()
-def fact_nlls(patient: Patient, items: Sequence[QA], batch_size: int = 16) -> list[float]:
-    """Per item, the mean negative log-likelihood of its fact's tokens (of the whole answer where it has no fact)."""
     tok = patient.tokenizer
     suffix = answer_suffix(tok)
     values = []
@@ -72,4 +65,4 @@ def fact_nlls(patient: Patient, items: Sequence[QA], batch_size: int = 16) -> li
             keep = [j for j, (a, b) in enumerate(offsets[: len(logprobs)]) if a < end and b > start]
             logprobs = logprobs[keep]
         values.append(float(-logprobs.mean()))
-    return values
+    return sum(values) / max(len(values), 1)

@@ -27,8 +27,7 @@ from repair.tasks.refusals import is_refusal
 def apply_calibrated(patient: Patient, settings: StampSettings, deltas: list[Delta], provenance: dict,
                      forget: Sequence[QA], f_texts: Sequence[str], retain_buffer: Sequence[QA], openers: list[int],
                      before_logits: torch.Tensor | None, cache: KeyCache, phase: Phases,
-                     lower: LowerLayers | None = None, erasure: Erasure | None = None,
-                     columns: Sequence[torch.Tensor] | None = None) -> tuple[Patch, list[dict]]:
+                     lower: LowerLayers | None = None, erasure: Erasure | None = None) -> tuple[Patch, list[dict]]:
     """Apply the edit; with `calibrate` (readout target), find for *each* forget prompt the smallest strength at
     which it opens with a refusal token by `calibrate_margin` nats: per-prompt secant steps on that logit gap
     (close to linear in the strength), from the unedited patient and the configured strength, at most
@@ -50,11 +49,8 @@ def apply_calibrated(patient: Patient, settings: StampSettings, deltas: list[Del
     factor, ceiling = settings.calibrate_factor, settings.max_strength
     bound = settings.max_relative_norm
 
-    columns = columns or [torch.arange(d.left.shape[1]) for d in deltas]
-
-    def scaled(scales: torch.Tensor) -> Patch:  # one scale per forget key (column of the left factors)
-        return Patch([Delta(d.parameter, d.left * scales[c].to(d.left.dtype), d.right, d.transposed)
-                      for d, c in zip(deltas, columns)],
+    def scaled(scales: torch.Tensor) -> Patch:  # one scale per forget key (column of the left factor)
+        return Patch([Delta(d.parameter, d.left * scales.to(d.left.dtype), d.right, d.transposed) for d in deltas],
                      {**provenance, "strength": alpha * float(scales.max()),
                       "strengths": [round(alpha * float(x), 4) for x in scales]})
 
@@ -68,7 +64,7 @@ def apply_calibrated(patient: Patient, settings: StampSettings, deltas: list[Del
         with phase("buffer_check"):
             return next_tokens(patient, held)
 
-    n = max(int(c.max()) + 1 for c in columns) if deltas else 1
+    n = deltas[0].left.shape[1] if deltas else 1
     before = cache.get("buffer_openers", patient, [], held, buffer_openers, phase=phase)
     scales = torch.ones(n, dtype=torch.float64)
     with phase("apply"):

@@ -2,12 +2,12 @@
 
 The answer-start edit makes the patient *open* with a refusal; the fact is still recalled wherever the answer gets
 past that opening (a prefilled "Saskia Jorgensen lives at", measured: the unedited patient's 62.5 % back). So the
-erase adds keys where the fact is produced: in the teacher-forced reference answer, every token that predicts one of
-the fact's tokens ("… lives at" → "92", "92" → " Elm", …). Their target is what the patient computes at the same
+erase adds keys where the fact is produced: in the teacher-forced reference answer, the token that predicts the
+fact's first token ("… lives at" → "92"; `erase_positions: all`: every fact token). Their target is what the patient computes at the same
 positions for subjects it never knew (the task's refused subjects, then its subject pool: never its holdout, which
 the attacks read): the edit maps "knows X" states to "does not know X" states, and holds those references in place.
-Each fact's push is calibrated on what matters, the fact's own negative log-likelihood under teacher forcing: until
-it is no lower than the references' likelihood of the same fact, less `erase_margin` nats.
+Each fact's push is calibrated until the fact is no longer the greedy continuation (`erase_goal: gap`), or until its
+NLL under teacher forcing reaches the references' NLL of the same fact less `erase_margin` (`nll`).
 """
 from __future__ import annotations
 
@@ -41,7 +41,6 @@ class Erasure:
     keys: dict[int, torch.Tensor]  # per layer: forget keys at the fact-producing positions (n_e × m)
     targets: dict[int, torch.Tensor]  # per layer: the references' mean output there minus the forget output (n_e × d)
     held: dict[int, tuple[torch.Tensor, torch.Tensor]]  # per layer: the references' keys and outputs, held in place
-    references: list[list[QA]]  # per item: the same answer about never-known subjects
     reference_nll: list[float]  # per item: their mean NLL of the fact, the level the calibration aims for
     before: tuple[list[float], list[float]]  # per item: the fact's NLL and first-token gap before the edit
     buffer_texts: list[str]  # the retain buffer's facts, checked as the push grows
@@ -155,7 +154,7 @@ def build_erasure(patient: Patient, settings: StampSettings, forget: Sequence[QA
         for i, value in zip(ref_owner, position_scores(patient, ref_texts, ref_measured)[0]):
             per_item[i] += value / len(references[i])
     log.info("erase: %d facts, %d keys; fact NLL before %s", len(kept), n_e, " ".join(f"{x:.2f}" for x in before[0]))
-    return Erasure(kept, texts, measured, owner, keys, targets, held, references, per_item, before, buffer_texts,
+    return Erasure(kept, texts, measured, owner, keys, targets, held, per_item, before, buffer_texts,
                    buffer_positions, buffer_gaps, lower)
 
 

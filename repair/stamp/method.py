@@ -55,8 +55,6 @@ class Edit:
     lower: LowerLayers | None = None  # what the unedited layers below the edited ones output on them
     erasure: Erasure | None = None  # the fact erase's part (its columns follow the forget prompts')
     erase_per_layer: dict[int, dict[str, Any]] = field(default_factory=dict)  # the same for the erase's deltas
-    columns: list[torch.Tensor] = field(default_factory=list)  # per delta: the strengths (forget prompts, then
-                                                               # erase keys) its factor columns are scaled by
     phases: Phases = field(default_factory=Phases)  # wall seconds per phase, fit and apply
 
 
@@ -114,10 +112,8 @@ class Stamp(MethodBase):
             if s.target == "refusal_readout":  # a residual-stream push: through a norm after the MLP, if any
                 t = through_output_norm(patient, layer, v_f, t)
             keyed[layer] = (k_f, t)
-        n_r = len(f_texts)
         with phase("solve"):
             deltas, per_layer, rank, width = self.solve(patient, keyed, held, choice.separation)
-        columns = [torch.arange(n_r)] * len(deltas)
         erasure, erase_layer_stats = None, {}
         if s.erase and s.target == "refusal_readout":
             with phase("erase_keys"):
@@ -130,7 +126,6 @@ class Stamp(MethodBase):
                     patient, {l: (erasure.keys[l], erasure.targets[l]) for l in layers}, erase_held, {})
             deltas = [Delta(d.parameter, torch.cat([d.left, e.left], 1), torch.cat([d.right, e.right]), d.transposed)
                       for d, e in zip(deltas, erase_deltas)]  # one delta per weight: the two edits' sum
-            columns = [torch.arange(n_r + len(erasure.owner))] * len(deltas)
         provenance = {"method": self.name, "forget": [q.question for q in forget], "layers": layers,
                       "target": s.target, "keys": s.keys, "strength": s.strength,
                       "rank": min(rank, width) if self.lowrank else None,
@@ -138,7 +133,7 @@ class Stamp(MethodBase):
         if self.lowrank and rank > width:
             provenance["rank_requested"] = rank
         return Edit(deltas, provenance, per_layer, layers, choice.separation, f_texts, f_items, openers, f_logits, lower,
-                    erasure=erasure, erase_per_layer=erase_layer_stats, columns=columns, phases=phase)
+                    erasure=erasure, erase_per_layer=erase_layer_stats, phases=phase)
 
     def solve(self, patient: Patient, keyed: dict[int, tuple[torch.Tensor, torch.Tensor]], held: dict[int, dict],
               separation: dict[int, float]) -> tuple[list[Delta], dict[int, dict], int, int]:
@@ -184,7 +179,7 @@ class Stamp(MethodBase):
         returns the applied patch and the calibration's steps."""
         return apply_calibrated(patient, self.settings, edit.deltas, edit.provenance, edit.forget_items, edit.forget_texts,
                                 retain_buffer, edit.openers, edit.forget_logits, self.cache, edit.phases, edit.lower,
-                                edit.erasure, edit.columns)
+                                edit.erasure)
 
     def check_edit(self, patient: Patient, patch: Patch, edit: Edit) -> None:
         """An edit that changes nothing is an error, never a success: its norm is ~0 at every layer (the forget keys
